@@ -1,0 +1,12 @@
+"""ComfyUI entry point of the fal SD3 img2img pack.
+
+ComfyUI imports this file as a package at start-up: it stays cheap (no network, no diffusers,
+no transformers) and never puts this folder on sys.path, where nodes/ would shadow ComfyUI's own
+top-level ``nodes`` module.
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,0 +1,191 @@
+"""``python -m fal_core``: run SD3 img2img, upload files, and inspect or recover requests.
+
+Progress and logs go to stderr, results (file paths, URLs, JSON) to stdout, so the output can
+be piped. Exit codes: 0 done, 1 fal or network error, 2 bad input or configuration, 130 stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import mimetypes
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import schema
+from .client import FalClient
+from .errors import ConfigError, FalError, InputError
+from .files import fetch_bytes
+from .images import decode_image, encode_png, sniff_mime
+from .img2img import img2img
+from .queue import Update
+
+_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+
+
+def _add_schema_options(parser: argparse.ArgumentParser) -> None:
+    """One option per schema field, named after it, with its default and range in the help."""
+    for spec in schema.FIELDS.values():
+        if spec.name in ("image_url", "prompt"):
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        bounds = f" Between {spec.bounds()}." if spec.minimum is not None else ""
+        default = "" if spec.default is None else f" fal's default: {spec.default!r}."
+        help_text = f"{spec.description}{bounds}{default}"
+        if spec.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif spec.name == "image_size":
+            parser.add_argument(flag, default=None, metavar="PRESET|WxH",
+                                help=f"{help_text} Presets: {', '.join(schema.IMAGE_SIZE_PRESETS)}.")
+        else:
+            parser.add_argument(flag, type=spec.type, default=None, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fal_core",
+        description="fal SD3 image-to-image from the command line. The key comes from FAL_KEY "
+                    "(or FAL_KEY_ID + FAL_KEY_SECRET); FAL_QUEUE_URL, FAL_REST_URL and FAL_CDN_URL "
+                    "move the endpoints.",
+    )
+    parser.add_argument("--app-id", default=schema.ENDPOINT, help=f"fal endpoint (default {schema.ENDPOINT})")
+    parser.add_argument("--timeout", type=float, default=None, help="give up (and cancel at fal) after this many seconds")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("img2img", help="transform an image file; writes the results as files")
+    run.add_argument("image", help="input image: a file path, an http(s) URL or a data URI")
+    run.add_argument("--prompt", "-p", required=True, help="what the image should show")
+    _add_schema_options(run)
+    run.add_argument("--output-dir", "-o", type=Path, default=Path("."), help="where result files go (default .)")
+    run.add_argument("--upload", choices=("auto", "data_uri", "upload"), default="auto",
+                     help="send the input inline as a data URI or upload it first (default: by size)")
+    run.add_argument("--json", action="store_true", help="print fal's whole answer as JSON on stdout")
+
+    upload = commands.add_parser("upload", help="upload files to fal storage; prints their URLs")
+    upload.add_argument("files", nargs="+", type=Path)
+
+    for name, text in (("status", "print a request's status and logs"),
+                       ("result", "print a request's result; --output-dir also saves its images"),
+                       ("cancel", "cancel a request")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("request_id")
+        if name == "result":
+            sub.add_argument("--output-dir", "-o", type=Path, default=None)
+    return parser
+
+
+class _Reporter:
+    """Live progress on stderr: phase, queue position, fal's log lines, elapsed time."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.started = time.monotonic()
+
+    def __call__(self, update: Update) -> None:
+        if self.quiet:
+            return
+        where = f" at position {update.queue_position}" if update.queue_position is not None else ""
+        rid = f" [{update.request_id}]" if update.request_id else ""
+        self.say(f"{update.phase.replace('_', ' ')}{where}{rid}")
+        for line in update.new_logs:
+            self.say(f"  fal: {line.message}")
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+def _read_image(source: str) -> str | bytes:
+    if source.startswith(("http://", "https://", "data:")):
+        return source
+    path = Path(source)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError([schema.FieldError("image", source, f"cannot be read: {exc.strerror}")]) from None
+    # PNG, JPEG and WebP go as they are; anything else Pillow reads is converted to PNG.
+    return data if sniff_mime(data) else encode_png(decode_image(data, source=str(path)))
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params = {"prompt": args.prompt}
+    for name in schema.FIELDS:
+        value = getattr(args, name, None)
+        if value is not None and name not in ("prompt", "image_url"):
+            params[name] = value
+    return params
+
+
+async def _save(fal: FalClient, urls: Sequence[str], out_dir: Path, stem: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, url in enumerate(urls):
+        data, mime = await fetch_bytes(fal.transport, url, what=f"result image {i + 1}")
+        mime = sniff_mime(data) or (mime or "").split(";")[0]
+        path = out_dir / f"{stem}-{i}{_EXTENSIONS.get(mime, '.bin')}"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+async def _main(args: argparse.Namespace) -> int:
+    report = _Reporter(args.quiet)
+    async with FalClient() as fal:
+        if args.command == "img2img":
+            image = _read_image(args.image)
+            result = await img2img(fal, image, _params(args), app_id=args.app_id, image_mode=args.upload,
+                                   on_update=report, timeout=args.timeout, decode=False)
+            stem = f"{Path(args.image).stem if not isinstance(image, str) else 'fal'}-{result.handle.request_id[:8]}"
+            paths = await _save(fal, [im.url for im in result.output.images], args.output_dir, stem)
+            report.say(f"done: request {result.handle.request_id}, seed {result.output.seed}")
+            for flagged, path in zip(result.output.has_nsfw_concepts, paths):
+                if flagged:
+                    report.say(f"warning: fal flagged {path} as NSFW")
+            if args.json:
+                print(json.dumps({**result.raw, "request_id": result.handle.request_id}, indent=2))
+            else:
+                print("\n".join(str(p) for p in paths))
+        elif args.command == "upload":
+            for path in args.files:
+                data = path.read_bytes()
+                mime = sniff_mime(data) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                print(await fal.storage.upload(data, mime, file_name=path.name))
+        else:
+            handle = fal.queue.handle(args.app_id, args.request_id)
+            if args.command == "status":
+                status = await fal.queue.status(handle, logs=True)
+                print(json.dumps({"request_id": args.request_id, "status": status.state,
+                                  "queue_position": status.queue_position, "error": status.error,
+                                  "error_type": status.error_type, "metrics": status.metrics}, indent=2))
+                for line in status.logs or ():
+                    print(f"{line.timestamp} {line.level} {line.message}", file=sys.stderr)
+            elif args.command == "result":
+                output = await fal.queue.result(handle)
+                print(json.dumps(output, indent=2))
+                if args.output_dir is not None:
+                    urls = [im.url for im in schema.Img2ImgOutput.from_json(output, args.request_id).images]
+                    for path in await _save(fal, urls, args.output_dir, f"fal-{args.request_id[:8]}"):
+                        report.say(f"saved {path}")
+            else:
+                accepted = await fal.queue.cancel(handle)
+                print("cancellation requested" if accepted else "the request had already finished")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_main(args))
+    except KeyboardInterrupt:
+        print("stopped; a request that was running has been cancelled at fal", file=sys.stderr)
+        return 130
+    except (InputError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,165 @@
+"""Where fal lives and which key to use: base URLs and the API key, read from the environment.
+
+The key is wrapped in :class:`Secret` the moment it is read, so that a repr, a log line, a
+traceback's locals or an exception message can only ever show ``***``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError, MissingKeyError
+
+DEFAULT_QUEUE_URL = "https://queue.fal.run"
+DEFAULT_REST_URL = "https://rest.fal.ai"
+DEFAULT_CDN_URL = "https://v3.fal.media"
+
+# fal's keys are "<key id>:<key secret>"; the id is a UUID-like token and the secret hex.
+_KEY_FORM = re.compile(r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$")
+
+
+class Secret:
+    """A string that never shows itself: ``repr``, ``str`` and formatting give ``***``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def redact(self, text: str) -> str:
+        """Replace every occurrence of the secret (or its halves) in ``text`` by ``***``."""
+        if not self._value:
+            return text
+        for part in (self._value, *self._value.split(":")):
+            if len(part) >= 6:
+                text = text.replace(part, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self):
+        raise TypeError("a Secret is not picklable: it would write the key out")
+
+
+def check_key_form(key: str) -> str | None:
+    """The problem with ``key``'s form, or None when it looks like a fal key."""
+    if not key.strip():
+        return "the key is empty"
+    if not _KEY_FORM.match(key.strip()):
+        return "a fal key has the form key_id:key_secret (two parts joined by ':', no spaces)"
+    return None
+
+
+def key_from_env(env: Mapping[str, str]) -> Secret | None:
+    key = env.get("FAL_KEY", "").strip()
+    if key:
+        return Secret(key)
+    key_id, secret = env.get("FAL_KEY_ID", "").strip(), env.get("FAL_KEY_SECRET", "").strip()
+    if key_id and secret:
+        return Secret(f"{key_id}:{secret}")
+    return None
+
+
+def key_from_file(path: Path) -> Secret | None:
+    """A key stored alone in a file (as the pack's settings route writes it), or None."""
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the fal key file {path}: {exc.strerror}. Check its permissions.") from None
+    return Secret(key) if key else None
+
+
+@dataclass(frozen=True)
+class FalConfig:
+    """Base URLs and credentials. Every field can be set directly; ``from_env`` reads them.
+
+    ``key_source`` says where the key came from ("env", "file", "argument") for status displays.
+    """
+
+    key: Secret | None = None
+    queue_url: str = DEFAULT_QUEUE_URL
+    rest_url: str = DEFAULT_REST_URL
+    cdn_url: str = DEFAULT_CDN_URL
+    key_source: str | None = None
+    missing_key_hint: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("queue_url", "rest_url", "cdn_url"):
+            value = getattr(self, name)
+            if not value.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"{name}={value!r}: a base URL must start with http:// or https://, "
+                    f"for example {_DEFAULTS[name]!r}."
+                )
+            object.__setattr__(self, name, value.rstrip("/"))
+        if isinstance(self.key, str):
+            object.__setattr__(self, "key", Secret(self.key))
+            object.__setattr__(self, "key_source", self.key_source or "argument")
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        key_file: Path | None = None,
+        missing_key_hint: str = "",
+        **overrides,
+    ) -> "FalConfig":
+        """Read FAL_KEY (or FAL_KEY_ID + FAL_KEY_SECRET) and FAL_QUEUE_URL / FAL_REST_URL /
+        FAL_CDN_URL. The environment's key wins over ``key_file``; ``overrides`` win over both."""
+        env = os.environ if env is None else env
+        key, source = key_from_env(env), "env"
+        if key is None and key_file is not None:
+            key, source = key_from_file(key_file), "file"
+        values = dict(
+            key=key,
+            key_source=source if key is not None else None,
+            queue_url=env.get("FAL_QUEUE_URL") or DEFAULT_QUEUE_URL,
+            rest_url=env.get("FAL_REST_URL") or DEFAULT_REST_URL,
+            cdn_url=env.get("FAL_CDN_URL") or DEFAULT_CDN_URL,
+            missing_key_hint=missing_key_hint,
+        )
+        if overrides.get("key") is not None:
+            values["key_source"] = "argument"
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes) -> "FalConfig":
+        return replace(self, **changes)
+
+    def authorization(self) -> str:
+        """The Authorization header's value. Raises MissingKeyError when there is no key."""
+        if self.key is None:
+            raise MissingKeyError(self.missing_key_hint)
+        return f"Key {self.key.reveal()}"
+
+    def redact(self, text: str) -> str:
+        return self.key.redact(text) if self.key is not None else text
+
+    def is_fal_host(self, url: str) -> bool:
+        """Whether ``url`` is one of the configured fal APIs, the only hosts that get the key."""
+        return any(url == base or url.startswith(base + "/") for base in (self.queue_url, self.rest_url))
+
+
+_DEFAULTS = {"queue_url": DEFAULT_QUEUE_URL, "rest_url": DEFAULT_REST_URL, "cdn_url": DEFAULT_CDN_URL}

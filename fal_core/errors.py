@@ -1,0 +1,175 @@
+"""The exceptions fal_core raises, one hierarchy rooted at :class:`FalError`.
+
+Shaped after httpx's: callers catch the broad class they can act on (``RequestError`` for
+anything that went wrong with one fal request, ``HTTPStatusError`` for fal's answers) and read
+the attributes instead of parsing messages. Every message names what was wrong and what to do.
+
+    FalError
+    ├── ConfigError
+    │   └── MissingKeyError
+    ├── InputError                    bad input, caught before anything is sent
+    ├── FileError                     an image or file that cannot be read, fetched or decoded
+    ├── TransportError                the network failed, after retries
+    │   └── SubmitUncertainError      a submit may have reached fal; it was not sent again
+    ├── HTTPStatusError               fal answered with an error status
+    │   ├── AuthError                 401 / 403
+    │   └── ValidationError           422, with every field path and message
+    ├── ResponseError                 fal answered 2xx with something we cannot read
+    └── RequestError                  the outcome of one queued request
+        ├── AppError                  the app ran and failed (COMPLETED with ``error``)
+        ├── RequestTimeout            the overall timeout passed (the request was cancelled)
+        └── RequestCancelled          cancelled by the caller
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+
+class FalError(Exception):
+    """Base class of every error fal_core raises."""
+
+
+class ConfigError(FalError):
+    """The client is configured in a way that cannot work."""
+
+
+class MissingKeyError(ConfigError):
+    def __init__(self, hint: str = "") -> None:
+        message = (
+            "No fal API key is configured: set the environment variable FAL_KEY to your key "
+            "(the form is key_id:key_secret, from https://fal.ai/dashboard/keys), or FAL_KEY_ID "
+            "and FAL_KEY_SECRET"
+        )
+        super().__init__(message + (f", {hint}" if hint else "") + ".")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one input field. ``str()`` reads as ``field=value: problem``."""
+
+    field: str
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        shown = repr(self.value)
+        if len(shown) > 80:
+            shown = shown[:60] + "..." + shown[-12:]
+        return f"{self.field}={shown}: {self.message}"
+
+
+class InputError(FalError, ValueError):
+    """Input that fails validation. Holds every problem found, not just the first."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        noun = "problem" if len(self.errors) == 1 else "problems"
+        super().__init__(f"Invalid input ({len(self.errors)} {noun}); nothing was sent to fal:\n{lines}")
+
+
+class FileError(FalError):
+    """An image or file that cannot be fetched, read or decoded."""
+
+
+class TransportError(FalError):
+    """The network failed, and retries did not help.
+
+    ``maybe_delivered`` is true when the server may have received the request anyway (the body
+    was sent before the failure); ``cause`` names the underlying failure.
+    """
+
+    def __init__(
+        self, message: str, *, url: str | None = None, attempts: int = 1,
+        maybe_delivered: bool = False, cause: str = "",
+    ) -> None:
+        self.url = url
+        self.attempts = attempts
+        self.maybe_delivered = maybe_delivered
+        self.cause = cause
+        super().__init__(message)
+
+
+class SubmitUncertainError(TransportError):
+    """A submit failed after its body was sent: fal may have accepted (and will charge) the job.
+
+    It is never sent again automatically. ``fingerprint`` identifies the payload so that a
+    journal can keep it until the user has checked.
+    """
+
+    def __init__(self, app_id: str, cause: str, *, url: str, fingerprint: str | None = None) -> None:
+        self.app_id = app_id
+        self.fingerprint = fingerprint
+        super().__init__(
+            f"The submit to {app_id} failed after the request was sent ({cause}). fal may have "
+            "accepted the job and may charge for it, but its request id never reached us. It was "
+            "not sent again, so you cannot pay twice: check https://fal.ai/dashboard/requests "
+            "before running it again.",
+            url=url,
+            maybe_delivered=True,
+            cause=cause,
+        )
+
+
+class HTTPStatusError(FalError):
+    """fal answered with an error status. ``detail`` is fal's own explanation."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        detail: Any = None,
+        url: str | None = None,
+        request_id: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        self.url = url
+        self.request_id = request_id
+        self.error_type = error_type
+        super().__init__(message)
+
+
+class AuthError(HTTPStatusError):
+    """fal refused the key (401) or the key may not use this app (403)."""
+
+
+class ValidationError(HTTPStatusError):
+    """fal rejected the input (422). ``field_errors`` lists each field path and message."""
+
+    def __init__(self, message: str, *, field_errors: Sequence[FieldError], **kwargs: Any) -> None:
+        self.field_errors = list(field_errors)
+        super().__init__(message, **kwargs)
+
+
+class ResponseError(FalError):
+    """fal answered successfully with a body we cannot interpret."""
+
+
+class RequestError(FalError):
+    """Something ended one queued request. ``request_id`` names it for fal's dashboard."""
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class AppError(RequestError):
+    """The app ran and reported a failure (status COMPLETED with ``error``)."""
+
+    def __init__(self, message: str, *, request_id: str | None, error: str, error_type: str | None) -> None:
+        self.error = error
+        self.error_type = error_type
+        super().__init__(message, request_id=request_id)
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """The overall timeout passed while waiting; the request was cancelled at fal."""
+
+
+class RequestCancelled(RequestError):
+    """The caller asked to stop; the request was cancelled at fal."""

@@ -1,0 +1,347 @@
+"""fal's queue: submit, status (polled or streamed), result, cancel, and the waiting engine.
+
+:meth:`QueueClient.wait` is the one engine every front end uses: it follows a request over the
+status stream (completion is seen within milliseconds) and falls back to polling when the stream
+is refused or keeps dropping. It reports changes through one callback, enforces an overall
+timeout and polls a cancellation check; on either it cancels the request at fal before raising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Mapping
+
+import httpx
+
+from .errors import (
+    AppError, FalError, HTTPStatusError, RequestCancelled, RequestTimeout, ResponseError,
+    SubmitUncertainError, TransportError, ValidationError,
+)
+from .retry import RetryPolicy
+from .sse import iter_data
+from .status import AppId, LogLine, RequestHandle, Status
+from .transport import Transport
+
+log = logging.getLogger("fal_core")
+
+PRIORITIES = ("normal", "low")
+# After this many stream failures in a row the engine stops reconnecting and polls.
+STREAM_RECONNECTS = 3
+# A stream may be silent for a long time in a queue; past this the engine reconnects.
+STREAM_READ_TIMEOUT = 60.0
+# The cancellation check runs this often: well inside the 1 s a user waits after pressing Cancel.
+CANCEL_CHECK_INTERVAL = 0.1
+CANCEL_RETRY = RetryPolicy(attempts=3, base=0.2, cap=1.0)
+
+
+@dataclass(frozen=True)
+class Update:
+    """What changed in a request: sent to ``on_update`` whenever phase, position or logs move.
+
+    ``phase`` is "in_queue", "in_progress" or "completed" (the img2img job adds "uploading",
+    "submitting" and "downloading" around them).
+    """
+
+    request_id: str | None
+    phase: str
+    queue_position: int | None = None
+    new_logs: tuple[LogLine, ...] = ()
+    elapsed: float = 0.0
+
+
+OnUpdate = Callable[[Update], None]
+ShouldCancel = Callable[[], bool]
+
+
+class _Tracker:
+    """Turns a series of status reports into Updates: only what is new is reported."""
+
+    def __init__(self, handle: RequestHandle, on_update: OnUpdate | None, started: float) -> None:
+        self.handle = handle
+        self.on_update = on_update
+        self.started = started
+        self.phase: str | None = None
+        self.position: int | None = None
+        self._seen: set[tuple[str, str]] = set()
+
+    def feed(self, status: Status) -> None:
+        phase = status.state.lower()
+        position = status.queue_position if phase == "in_queue" else None
+        new_logs = []
+        for line in status.logs or ():
+            key = (line.timestamp, line.message)
+            if key not in self._seen:
+                self._seen.add(key)
+                new_logs.append(line)
+        if phase == self.phase and position == self.position and not new_logs:
+            return
+        self.phase, self.position = phase, position
+        if self.on_update is not None:
+            self.on_update(Update(self.handle.request_id, phase, position, tuple(new_logs),
+                                  time.monotonic() - self.started))
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished request: its handle, final status (logs, metrics) and output JSON."""
+
+    handle: RequestHandle
+    status: Status
+    output: Any
+
+
+class QueueClient:
+    def __init__(self, transport: Transport, *, poll_interval: float = 0.2, max_poll_interval: float = 2.0) -> None:
+        self.transport = transport
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+
+    @property
+    def queue_url(self) -> str:
+        return self.transport.config.queue_url
+
+    def handle(self, app_id: str, request_id: str) -> RequestHandle:
+        """The handle of a request known only by its id."""
+        return RequestHandle.from_request_id(self.queue_url, app_id, request_id)
+
+    async def submit(
+        self,
+        app_id: str,
+        payload: Mapping[str, Any],
+        *,
+        webhook_url: str | None = None,
+        runner_hint: str | None = None,
+        priority: str | None = None,
+        start_timeout: float | None = None,
+        fingerprint: str | None = None,
+    ) -> RequestHandle:
+        """Queue one request. Retried only where fal surely never received it.
+
+        ``start_timeout`` asks fal to give up if the request has not started after that many
+        seconds. ``fingerprint`` (of the payload) is carried by a SubmitUncertainError.
+        """
+        app = AppId.parse(app_id)
+        headers = {}
+        if runner_hint:
+            headers["X-Fal-Runner-Hint"] = runner_hint
+        if priority is not None:
+            if priority not in PRIORITIES:
+                raise ValueError(f"priority={priority!r}: use one of {', '.join(PRIORITIES)}")
+            headers["X-Fal-Queue-Priority"] = priority
+        if start_timeout is not None:
+            if start_timeout <= 1:
+                raise ValueError(f"start_timeout={start_timeout!r}: fal needs more than 1 second")
+            headers["X-Fal-Request-Timeout"] = str(float(start_timeout))
+        url = f"{self.queue_url}/{app.full}"
+        try:
+            response = await self.transport.request(
+                "POST", url, what=f"submit to {app.full}", idempotent=False, json=dict(payload),
+                headers=headers, params={"fal_webhook": webhook_url} if webhook_url else None,
+            )
+        except TransportError as exc:
+            if exc.maybe_delivered:
+                raise SubmitUncertainError(app.full, exc.cause, url=url, fingerprint=fingerprint) from None
+            raise
+        return RequestHandle.from_submit(self.queue_url, app.full, _json(response, f"submit to {app.full}"))
+
+    async def status(self, handle: RequestHandle, *, logs: bool = True) -> Status:
+        response = await self.transport.request(
+            "GET", handle.status_url, what=f"status of request {handle.request_id}",
+            params={"logs": "1" if logs else "0"},
+        )
+        return Status.parse(_json(response, f"status of request {handle.request_id}"))
+
+    async def stream_status(self, handle: RequestHandle, *, logs: bool = True) -> AsyncIterator[Status]:
+        """Statuses as fal pushes them over server-sent events; ends after COMPLETED."""
+        what = f"status stream of request {handle.request_id}"
+        async with self.transport.stream(
+            "GET", handle.status_url + "/stream", what=what, params={"logs": "1" if logs else "0"},
+            timeout=httpx.Timeout(STREAM_READ_TIMEOUT, connect=10.0),
+        ) as response:
+            try:
+                async for data in iter_data(response.aiter_lines()):
+                    status = Status.parse(_loads(data, what))
+                    yield status
+                    if status.completed:
+                        return
+            except httpx.TransportError as exc:
+                raise TransportError(f"{what} dropped: {type(exc).__name__}", url=handle.status_url) from None
+
+    async def result(self, handle: RequestHandle) -> Any:
+        what = f"result of request {handle.request_id}"
+        try:
+            response = await self.transport.request("GET", handle.response_url, what=what)
+        except HTTPStatusError as exc:
+            exc.request_id = exc.request_id or handle.request_id
+            raise
+        return _json(response, what)
+
+    async def cancel(self, handle: RequestHandle) -> bool:
+        """Ask fal to cancel. True when fal accepted; False when the request had already ended."""
+        try:
+            await self.transport.request("PUT", handle.cancel_url, what=f"cancel of request {handle.request_id}",
+                                         retry=CANCEL_RETRY)
+        except HTTPStatusError as exc:
+            if exc.status_code in (400, 404, 409):
+                return False
+            raise
+        return True
+
+    async def wait(
+        self,
+        handle: RequestHandle,
+        *,
+        on_update: OnUpdate | None = None,
+        timeout: float | None = None,
+        should_cancel: ShouldCancel | None = None,
+        logs: bool = True,
+        stream: bool = True,
+        started: float | None = None,
+    ) -> Status:
+        """Follow a request until it completes; returns the final status.
+
+        Raises AppError when the app failed, RequestTimeout after ``timeout`` seconds and
+        RequestCancelled when ``should_cancel()`` turns true; in both of the latter, and when the
+        waiting task itself is cancelled, the request is cancelled at fal first.
+        """
+        tracker = _Tracker(handle, on_update, time.monotonic() if started is None else started)
+        follow = asyncio.ensure_future(self._follow(handle, tracker, logs=logs, stream=stream))
+        watch = asyncio.ensure_future(_watch(should_cancel)) if should_cancel is not None else None
+        try:
+            done, _ = await asyncio.wait([t for t in (follow, watch) if t], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            await _stop(follow, watch)
+            await asyncio.shield(self._cancel_quietly(handle))
+            raise
+        if follow in done:
+            await _stop(watch)
+            status = follow.result()
+            if status.error:
+                raise await self._failure(handle, status)
+            return status
+        await _stop(follow, watch)
+        await self._cancel_quietly(handle)
+        if watch is not None and watch in done:
+            raise RequestCancelled(f"Request {handle.request_id} was cancelled at fal, as asked.",
+                                   request_id=handle.request_id)
+        raise RequestTimeout(
+            f"Request {handle.request_id} did not finish within {timeout:g} s, so it was cancelled at fal. "
+            "Raise the timeout if fal's queue is long.", request_id=handle.request_id)
+
+    async def subscribe(
+        self,
+        app_id: str,
+        payload: Mapping[str, Any],
+        *,
+        on_update: OnUpdate | None = None,
+        on_submitted: Callable[[RequestHandle], None] | None = None,
+        timeout: float | None = None,
+        should_cancel: ShouldCancel | None = None,
+        logs: bool = True,
+        stream: bool = True,
+        **submit_options: Any,
+    ) -> Completion:
+        """Submit, wait and fetch the result: the whole cycle in one call."""
+        started = time.monotonic()
+        submit = asyncio.ensure_future(self.submit(app_id, payload, **submit_options))
+        try:
+            handle = await asyncio.shield(submit)
+        except asyncio.CancelledError:
+            # A submit already on the wire may still be accepted (and paid): let it finish so
+            # the request can be cancelled at fal instead of running on unseen.
+            try:
+                await self._cancel_quietly(await submit)
+            except FalError:
+                pass
+            raise
+        if on_submitted is not None:
+            on_submitted(handle)
+        return await self.complete(handle, on_update=on_update, should_cancel=should_cancel, logs=logs,
+                                   stream=stream, started=started,
+                                   timeout=None if timeout is None else max(timeout - (time.monotonic() - started), 0.001))
+
+    async def complete(self, handle: RequestHandle, **wait_options: Any) -> Completion:
+        """Wait for a request already submitted (maybe by another process) and fetch its result."""
+        status = await self.wait(handle, **wait_options)
+        return Completion(handle, status, await self.result(handle))
+
+    async def _follow(self, handle: RequestHandle, tracker: _Tracker, *, logs: bool, stream: bool) -> Status:
+        failures = 0
+        while stream and failures < STREAM_RECONNECTS:
+            try:
+                async for status in self.stream_status(handle, logs=logs):
+                    failures = 0
+                    tracker.feed(status)
+                    if status.completed:
+                        return status
+                failures += 1  # the stream ended without COMPLETED
+            except HTTPStatusError as exc:
+                if exc.status_code in (401, 403):
+                    raise
+                if exc.status_code < 500:
+                    log.info("fal: status stream refused (HTTP %d); polling instead", exc.status_code)
+                    break
+                failures += 1
+            except TransportError as exc:
+                log.info("fal: %s", exc)
+                failures += 1
+            # One poll catches a completion the stream missed before reconnecting.
+            status = await self.status(handle, logs=logs)
+            tracker.feed(status)
+            if status.completed:
+                return status
+        interval = self.poll_interval
+        while True:
+            status = await self.status(handle, logs=logs)
+            tracker.feed(status)
+            if status.completed:
+                return status
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, self.max_poll_interval)
+
+    async def _failure(self, handle: RequestHandle, status: Status) -> Exception:
+        """The error for a request that completed with an error, as detailed as fal allows."""
+        try:
+            await self.result(handle)
+        except ValidationError as exc:
+            return exc
+        except (HTTPStatusError, TransportError, ResponseError):
+            pass
+        kind = f" ({status.error_type})" if status.error_type else ""
+        return AppError(f"fal's app failed on request {handle.request_id}{kind}: {status.error}",
+                        request_id=handle.request_id, error=status.error, error_type=status.error_type)
+
+    async def _cancel_quietly(self, handle: RequestHandle) -> None:
+        try:
+            await self.cancel(handle)
+        except Exception as exc:  # the caller is already failing; report why cancel did not land
+            log.warning("fal: could not cancel request %s: %s", handle.request_id, exc)
+
+
+async def _watch(should_cancel: ShouldCancel) -> None:
+    while not should_cancel():
+        await asyncio.sleep(CANCEL_CHECK_INTERVAL)
+
+
+async def _stop(*tasks: asyncio.Future | None) -> None:
+    """Cancel helper tasks and let them finish; their outcome no longer matters."""
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+
+
+def _json(response: httpx.Response, what: str) -> Any:
+    return _loads(response.text, what)
+
+
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ResponseError(f"fal's answer to the {what} is not JSON: {text[:200]!r}") from None

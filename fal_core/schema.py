@@ -1,0 +1,253 @@
+"""The request and response of ``fal-ai/stable-diffusion-v3-medium/image-to-image``.
+
+Taken from fal's page for the endpoint (types, defaults, enums). fal publishes no ranges; where a
+bound is ours it says why. Nodes and the command line read defaults and ranges from ``FIELDS``
+instead of copying them, so a change here reaches every front end.
+
+Validation collects every problem before anything is sent, so a user fixes a graph in one go.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .errors import FieldError, InputError, ResponseError
+
+ENDPOINT = "fal-ai/stable-diffusion-v3-medium/image-to-image"
+
+# fal's presets, (width, height).
+IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+
+# A custom side below 64 px gives SD3 a latent of 4x4 patches or fewer; above 3072 px the latent
+# outgrows SD3's positional embedding (pos_embed_max_size 192 x patch 2 x VAE factor 8).
+MIN_SIDE = 64
+MAX_SIDE = 3072
+SEED_MAX = 2**32 - 1  # fal documents no seed range; SD3 pipelines seed 32-bit generators.
+
+
+@dataclass(frozen=True)
+class Field:
+    """One input field: its JSON type, default and range as the front ends show them."""
+
+    name: str
+    type: type
+    default: Any
+    description: str
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    multiline: bool = False
+
+    def bounds(self) -> str:
+        """The range as people read it: "1 and 50", "0.01 and 1"."""
+        show = (lambda v: str(int(v))) if self.type is int else (lambda v: f"{v:g}")
+        return f"{show(self.minimum)} and {show(self.maximum)}"
+
+
+FIELDS: dict[str, Field] = {
+    f.name: f
+    for f in (
+        Field("image_url", str, None, "The image to transform: a URL or a data URI.", required=True),
+        Field("prompt", str, "", "What the image should show.", required=True, multiline=True),
+        Field("negative_prompt", str, "", "What the image should not show.", multiline=True),
+        Field("prompt_expansion", bool, False, "Let fal upsample the prompt with more details."),
+        Field("image_size", object, None, "Output size: a preset or {width, height}; default: the input's size."),
+        # fal gives no range; published copies of the schema say 1-50.
+        Field("num_inference_steps", int, 28, "Denoising steps.", minimum=1, maximum=50, step=1),
+        Field("seed", int, None, "Same seed, prompt and input give the same image.", minimum=0, maximum=SEED_MAX, step=1),
+        # Published copies say 1-20 or 0-20; below 1 SD3 runs without guidance, so 0-20 is valid.
+        Field("guidance_scale", float, 5.0, "How closely to follow the prompt (CFG).", minimum=0.0, maximum=20.0, step=0.1),
+        Field("sync_mode", bool, False, "Return the images inline as data URIs instead of CDN URLs."),
+        # Published copies say 1-4.
+        Field("num_images", int, 1, "Images to generate for each input image.", minimum=1, maximum=4, step=1),
+        Field("enable_safety_checker", bool, True, "Let fal flag NSFW results."),
+        # 0 would run no denoising step at all (diffusers fails on it); 0.01 is the least useful change.
+        Field("strength", float, 0.9, "How far to move from the input image (1 = ignore it).", minimum=0.01, maximum=1.0, step=0.01),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    """A preset name, or a custom width and height."""
+
+    preset: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @classmethod
+    def parse(cls, value: Any, field_name: str = "image_size") -> "ImageSize":
+        """From a preset name, ``{"width", "height"}``, ``"WxH"`` or an ImageSize."""
+        if isinstance(value, ImageSize):
+            return value
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in IMAGE_SIZE_PRESETS:
+                return cls(preset=text)
+            if "x" in text:
+                w, _, h = text.partition("x")
+                if w.strip().isdigit() and h.strip().isdigit():
+                    return cls(width=int(w), height=int(h))
+        elif isinstance(value, Mapping) and set(value) == {"width", "height"}:
+            return cls(width=value["width"], height=value["height"])
+        raise InputError(
+            [FieldError(field_name, value, f"use one of {', '.join(IMAGE_SIZE_PRESETS)}, "
+                        "{'width': W, 'height': H} or 'WxH'")]
+        )
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        if self.preset is not None:
+            return IMAGE_SIZE_PRESETS[self.preset]
+        return (int(self.width), int(self.height))
+
+    def problems(self, field_name: str = "image_size") -> list[FieldError]:
+        if self.preset is not None:
+            return [] if self.preset in IMAGE_SIZE_PRESETS else [
+                FieldError(field_name, self.preset, f"use one of {', '.join(IMAGE_SIZE_PRESETS)}")]
+        errors = []
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not _is_int(value):
+                errors.append(FieldError(f"{field_name}.{name}", value, "must be a whole number"))
+            elif not MIN_SIDE <= value <= MAX_SIDE:
+                errors.append(FieldError(f"{field_name}.{name}", value,
+                                         f"must be between {MIN_SIDE} and {MAX_SIDE} pixels"))
+        return errors
+
+    def to_json(self) -> str | dict[str, int]:
+        return self.preset if self.preset is not None else {"width": int(self.width), "height": int(self.height)}
+
+    def __str__(self) -> str:
+        w, h = self.dimensions
+        return f"{self.preset} ({w}x{h})" if self.preset else f"{w}x{h}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_field(spec: Field, value: Any) -> FieldError | None:
+    name = spec.name
+    if spec.type is bool:
+        return None if isinstance(value, bool) else FieldError(name, value, "must be true or false")
+    if spec.type is str:
+        if not isinstance(value, str):
+            return FieldError(name, value, "must be text")
+        if spec.required and not value.strip():
+            return FieldError(name, value, "must not be empty")
+        return None
+    if spec.type is int:
+        if not _is_int(value):
+            return FieldError(name, value, "must be a whole number")
+    elif spec.type is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return FieldError(name, value, "must be a number")
+    if spec.minimum is not None and not spec.minimum <= value <= spec.maximum:
+        return FieldError(name, value, f"must be between {spec.bounds()}")
+    return None
+
+
+def validate(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a payload against the schema and return it as fal should receive it.
+
+    Unknown fields, missing required ones, wrong types and out-of-range values are all collected
+    into one :class:`InputError`. ``None`` means "not set" and is left out of the result.
+    """
+    errors: list[FieldError] = []
+    clean: dict[str, Any] = {}
+    for name, value in payload.items():
+        spec = FIELDS.get(name)
+        if spec is None:
+            errors.append(FieldError(name, value, f"is not a field of {ENDPOINT}; known fields: {', '.join(FIELDS)}"))
+            continue
+        if value is None:
+            continue
+        if name == "image_size":
+            try:
+                size = ImageSize.parse(value)
+            except InputError as exc:
+                errors.extend(exc.errors)
+                continue
+            problems = size.problems()
+            errors.extend(problems)
+            if not problems:
+                clean[name] = size.to_json()
+            continue
+        problem = _check_field(spec, value)
+        if problem is not None:
+            errors.append(problem)
+        else:
+            clean[name] = float(value) if spec.type is float else value
+    for spec in FIELDS.values():
+        if spec.required and payload.get(spec.name) is None:
+            errors.append(FieldError(spec.name, None, "is required"))
+    if errors:
+        raise InputError(errors)
+    return clean
+
+
+@dataclass(frozen=True)
+class OutputImage:
+    url: str
+    width: int | None = None
+    height: int | None = None
+    content_type: str = "image/jpeg"
+
+
+@dataclass(frozen=True)
+class Img2ImgOutput:
+    """fal's answer. Fields fal adds later are kept in ``extra`` rather than rejected."""
+
+    images: list[OutputImage]
+    seed: int | None = None
+    has_nsfw_concepts: list[bool] = field(default_factory=list)
+    prompt: str | None = None
+    num_images: int | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any, request_id: str | None = None) -> "Img2ImgOutput":
+        where = f" (request {request_id})" if request_id else ""
+        if not isinstance(data, Mapping) or not isinstance(data.get("images"), list):
+            raise ResponseError(f"fal's result{where} has no 'images' list; it starts: {str(data)[:200]!r}")
+        images = []
+        for i, item in enumerate(data["images"]):
+            if not isinstance(item, Mapping) or not isinstance(item.get("url"), str):
+                raise ResponseError(f"fal's result{where}: images[{i}] has no 'url': {str(item)[:200]!r}")
+            images.append(OutputImage(
+                url=item["url"], width=item.get("width"), height=item.get("height"),
+                content_type=item.get("content_type") or "image/jpeg",
+            ))
+        flags = data.get("has_nsfw_concepts") or []
+        known = {"images", "seed", "has_nsfw_concepts", "prompt", "num_images", "timings"}
+        return cls(
+            images=images,
+            seed=data.get("seed"),
+            has_nsfw_concepts=[bool(f) for f in flags],
+            prompt=data.get("prompt"),
+            num_images=data.get("num_images"),
+            timings=dict(data.get("timings") or {}),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+def defaults() -> dict[str, Any]:
+    """The optional fields' defaults, as fal documents them."""
+    return {f.name: f.default for f in FIELDS.values() if not f.required and f.default is not None}
+
+
+def field_names() -> Iterable[str]:
+    return FIELDS.keys()

@@ -1,0 +1,204 @@
+"""One HTTP call to fal: authentication, retries and turning failures into fal_core's errors.
+
+Every other module goes through :meth:`Transport.request` or :meth:`Transport.stream`, so the
+retry policy, the key handling and the error messages live in one place. The key is only ever
+sent to the configured queue and REST hosts, never to a CDN or any URL a result points at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Mapping
+
+import httpx
+
+from . import __version__
+from .config import FalConfig
+from .errors import AuthError, FieldError, FileError, HTTPStatusError, TransportError, ValidationError
+from .retry import RetryPolicy, retry_after_seconds, should_retry_exception, should_retry_response, surely_not_sent
+
+log = logging.getLogger("fal_core")
+
+USER_AGENT = f"comfyui-fal-sd3/{__version__} (fal_core; python)"
+DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+
+
+class Transport:
+    """An httpx.AsyncClient with fal's authentication, our retry policy and error mapping."""
+
+    def __init__(
+        self,
+        config: FalConfig,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.config = config
+        self.retry = retry
+        # trust_env keeps HTTP(S)_PROXY / NO_PROXY / SSL_CERT_FILE working as in any httpx client.
+        self._http = http or httpx.AsyncClient(timeout=timeout, headers={"User-Agent": USER_AGENT}, trust_env=True)
+        self._owns_http = http is None
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    def _headers(self, url: str, headers: Mapping[str, str] | None) -> dict[str, str]:
+        merged = dict(headers or {})
+        if "Authorization" not in merged and self.config.is_fal_host(url):
+            merged["Authorization"] = self.config.authorization()
+        return merged
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        idempotent: bool = True,
+        retry: RetryPolicy | None = None,
+        max_bytes: int | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send one call, retrying as the policy allows; returns a 2xx response or raises.
+
+        ``what`` names the call in messages ("status of request abc"). Non-idempotent calls
+        (submits) raise :class:`TransportError` with ``maybe_delivered=True`` when the failure
+        leaves open whether the server received the request. A body over ``max_bytes`` is
+        refused with :class:`FileError` without being read to the end.
+        """
+        policy = retry or self.retry
+        request = self._http.build_request(method, url, headers=self._headers(url, kwargs.pop("headers", None)), **kwargs)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._http.send(request, stream=True)
+                try:
+                    body = await _read(response, max_bytes, what)
+                finally:
+                    await response.aclose()
+            except httpx.TransportError as exc:
+                if attempt < policy.attempts and should_retry_exception(exc, idempotent=idempotent):
+                    await self._wait(policy, attempt, None, what, _describe(exc))
+                    continue
+                raise self._transport_error(exc, url, what, attempt, idempotent) from None
+            # The body is decoded already: the rebuilt response must not decode it again.
+            headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
+            response = httpx.Response(response.status_code, headers=headers, content=body, request=request)
+            if response.is_success:
+                return response
+            if attempt < policy.attempts and should_retry_response(response, idempotent=idempotent):
+                await self._wait(policy, attempt, retry_after_seconds(response), what, f"HTTP {response.status_code}")
+                continue
+            raise self.status_error(response, what)
+
+    @asynccontextmanager
+    async def stream(self, method: str, url: str, *, what: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
+        """Open a streamed response (no retries: the caller decides how to resume)."""
+        headers = self._headers(url, kwargs.pop("headers", None))
+        try:
+            async with self._http.stream(method, url, headers=headers, **kwargs) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise self.status_error(response, what)
+                yield response
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, url, what, 1, True) from None
+
+    async def _wait(self, policy: RetryPolicy, attempt: int, retry_after: float | None, what: str, reason: str) -> None:
+        delay = policy.delay(attempt, retry_after)
+        log.info("fal: %s failed (%s); retry %d of %d in %.2fs", what, reason, attempt, policy.attempts - 1, delay)
+        await asyncio.sleep(delay)
+
+    def _transport_error(self, exc: httpx.TransportError, url: str, what: str, attempts: int, idempotent: bool) -> TransportError:
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        return TransportError(
+            self.config.redact(f"{what} failed{tries}: {_describe(exc)} ({_safe_url(url)}). "
+                               "Check the network connection and the fal URLs (FAL_QUEUE_URL, FAL_REST_URL, FAL_CDN_URL)."),
+            url=_safe_url(url),
+            attempts=attempts,
+            maybe_delivered=not idempotent and not surely_not_sent(exc),
+            cause=_describe(exc),
+        )
+
+    def status_error(self, response: httpx.Response, what: str) -> HTTPStatusError:
+        """The error for fal's non-2xx answer, with fal's own ``detail`` and what to do."""
+        detail = _detail(response)
+        status = response.status_code
+        request_id = response.headers.get("x-fal-request-id")
+        error_type = response.headers.get("x-fal-error-type")
+        common = dict(status_code=status, detail=detail, url=_safe_url(str(response.url)),
+                      request_id=request_id, error_type=error_type)
+        redact = self.config.redact
+        if status in (401, 403):
+            hint = self.config.missing_key_hint
+            source = {"env": " (taken from the environment)", "file": " (taken from the key file)"}.get(
+                self.config.key_source or "", "")
+            verb = "refused the API key" if status == 401 else "does not let this API key use this app"
+            return AuthError(redact(
+                f"fal {verb}{source} (HTTP {status}) for {what}: {_detail_text(detail)}. "
+                "Set FAL_KEY to a valid key of the form key_id:key_secret from https://fal.ai/dashboard/keys"
+                + (f", {hint}" if hint else "") + "."), **common)
+        if status == 422 and isinstance(detail, list):
+            fields = [_field_error(item) for item in detail]
+            lines = "\n".join(f"  - {f.field}: {f.message}" for f in fields)
+            return ValidationError(redact(f"fal rejected the input of {what} (HTTP 422):\n{lines}"),
+                                   field_errors=fields, **common)
+        return HTTPStatusError(redact(
+            f"fal answered HTTP {status} {response.reason_phrase} for {what}: {_detail_text(detail)}"), **common)
+
+
+async def _read(response: httpx.Response, max_bytes: int | None, what: str) -> bytes:
+    if max_bytes is None or not response.is_success:
+        return await response.aread()
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise FileError(f"The {what} is {int(declared):,} bytes, over the limit of {max_bytes:,}; it was not downloaded.")
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise FileError(f"The {what} is over the limit of {max_bytes:,} bytes; the download was stopped.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _detail(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:300] if text else None
+    if isinstance(body, Mapping):
+        return body.get("detail", body.get("error", body))
+    return body
+
+
+def _detail_text(detail: Any) -> str:
+    if detail is None:
+        return "no details given"
+    if isinstance(detail, str):
+        return detail
+    return str(detail)[:500]
+
+
+def _field_error(item: Any) -> FieldError:
+    if not isinstance(item, Mapping):
+        return FieldError("input", None, str(item))
+    loc = [str(part) for part in item.get("loc") or [] if part != "body"]
+    return FieldError(".".join(loc) or "input", item.get("input"), str(item.get("msg", item)))
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    name = type(exc).__name__
+    text = str(exc)
+    return f"{name}: {text}" if text else name
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its query: signed upload URLs carry credentials there."""
+    return url.split("?", 1)[0]

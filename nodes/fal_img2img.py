@@ -1,0 +1,179 @@
+"""SD3 Img2Img (fal): the whole fal endpoint as one node.
+
+The node converts tensors and reports progress; fal_core does the work. Each picture of an input
+batch is one fal request (``num_images`` results each), run concurrently, seed + i for item i.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+from ..fal_core.errors import FalError
+from . import comfy
+from .inputs import schema_input
+from .size_preset import IMAGE_SIZE_TYPE
+from .status_view import EVENT, STEPS, RunStatus
+from .tensors import from_uint8, to_uint8
+
+if TYPE_CHECKING:
+    from ..fal_core.queue import Update
+
+log = logging.getLogger("fal_sd3")
+
+# How often the node looks at ComfyUI's interrupt flag: Cancel reaches fal within a second.
+INTERRUPT_POLL = 0.1
+
+
+def split_urls(text: str) -> list[str]:
+    """One URL per line (the fal Upload Image node writes a batch that way)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def summarize(results: list) -> str:
+    """fal's answers as JSON for the ``response`` output; inline images are elided, not copied."""
+    def shrink(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("data:") and len(value) > 120:
+            return f"{value[:value.find(',') + 1]}<{len(value):,} characters>"
+        if isinstance(value, dict):
+            return {k: shrink(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shrink(v) for v in value]
+        return value
+    return json.dumps([{"request_id": r.handle.request_id, **shrink(r.raw)} for r in results], indent=2)
+
+
+class FalSD3Img2Img:
+    DESCRIPTION = (
+        "Stable Diffusion 3 (medium) image-to-image on fal.ai. Connect an IMAGE or an image_url. "
+        "Each picture of a batch is one fal request; Cancel stops them at fal. The fal key comes "
+        "from FAL_KEY or the pack's settings, never from the workflow."
+    )
+    CATEGORY = "fal/SD3"
+    RETURN_TYPES = ("IMAGE", "INT", "BOOLEAN", "STRING")
+    RETURN_NAMES = ("images", "seed", "has_nsfw_concepts", "response")
+    OUTPUT_IS_LIST = (False, False, True, False)
+    OUTPUT_TOOLTIPS = (
+        "Every result, in input order (num_images per input picture).",
+        "The seed fal used for the first picture (picture i used seed + i).",
+        "One flag per result: fal's NSFW check (false when the checker is off).",
+        "fal's answers as JSON, with request ids.",
+    )
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "prompt": schema_input("prompt"),
+                "negative_prompt": schema_input("negative_prompt"),
+                "prompt_expansion": schema_input("prompt_expansion"),
+                "num_inference_steps": schema_input("num_inference_steps"),
+                "seed": schema_input("seed", default=0, control_after_generate=True),
+                "guidance_scale": schema_input("guidance_scale"),
+                "num_images": schema_input("num_images"),
+                "enable_safety_checker": schema_input("enable_safety_checker"),
+                "strength": schema_input("strength"),
+                "sync_mode": schema_input("sync_mode"),
+            },
+            "optional": {
+                "image": ("IMAGE", {"tooltip": "The picture(s) to transform. Use this or image_url."}),
+                "image_url": ("STRING", {"default": "", "forceInput": True,
+                                         "tooltip": "URL(s) of the picture, one per line (from fal Upload Image). "
+                                                    "Use this or image."}),
+                "image_size": (IMAGE_SIZE_TYPE, {"tooltip": "From SD3 Image Size; unconnected keeps the input's size."}),
+                "image_format": (["png", "jpeg"], {"default": "png",
+                                                   "tooltip": "How an IMAGE is sent: png is lossless, jpeg (q95) much smaller."}),
+                "timeout": ("INT", {"default": 600, "min": 0, "max": 86400, "step": 10,
+                                    "tooltip": "Seconds before the requests are cancelled at fal (0: no limit)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    async def run(self, prompt, negative_prompt, prompt_expansion, num_inference_steps, seed, guidance_scale,
+                  num_images, enable_safety_checker, strength, sync_mode, image=None, image_url="",
+                  image_size=None, image_format="png", timeout=600, unique_id=None):
+        # Imported here, not at the top: ComfyUI imports every pack at start-up, and httpx and
+        # the codecs are only needed once a fal node runs.
+        from ..fal_core.img2img import DEFAULT_CONCURRENCY, img2img_batch
+        from .session import open_client
+
+        sources = self._sources(image, image_url)
+        params = {
+            "prompt": prompt, "negative_prompt": negative_prompt, "prompt_expansion": prompt_expansion,
+            "num_inference_steps": num_inference_steps, "seed": seed, "guidance_scale": guidance_scale,
+            "num_images": num_images, "enable_safety_checker": enable_safety_checker, "strength": strength,
+            "sync_mode": sync_mode, "image_size": None if image_size is None else image_size.to_json(),
+        }
+        status = RunStatus(unique_id, len(sources))
+        bar = comfy.Progress(len(sources) * STEPS, unique_id)
+        interrupted = False
+
+        def show() -> None:
+            nonlocal interrupted
+            try:
+                bar.update(status.progress())
+            except Exception as exc:
+                # ComfyUI's progress hook raises on Cancel, and clears the flag as it does.
+                if not comfy.is_interrupt(exc):
+                    raise
+                interrupted = True
+            bar.text(status.text())
+            comfy.send_event(EVENT, status.event())
+
+        def on_update(index: int, update: Update) -> None:
+            status.apply(index, update)
+            show()
+
+        async with open_client() as fal:
+            batch = asyncio.ensure_future(img2img_batch(
+                fal, sources, params, concurrency=DEFAULT_CONCURRENCY, on_update=on_update,
+                image_format=image_format, timeout=timeout or None))
+            try:
+                while not batch.done():
+                    if interrupted or comfy.interrupted():
+                        batch.cancel()
+                        await asyncio.gather(batch, return_exceptions=True)
+                        status.finish("cancelled")
+                        show()
+                        raise comfy.interrupt_exception()
+                    await asyncio.wait([batch], timeout=INTERRUPT_POLL)
+                results = batch.result()
+            except FalError as exc:
+                status.finish("failed", str(exc))
+                show()
+                raise
+        outputs = self._outputs(results, seed)
+        flagged = [i for i, flag in enumerate(outputs[2]) if flag]
+        if flagged:
+            status.warning = (f"fal flagged image {', '.join(str(i) for i in flagged)} as NSFW; "
+                              "returned as fal sent it")
+            log.warning("SD3 Img2Img (fal): %s", status.warning)
+        status.finish("done")
+        show()
+        return outputs
+
+    @staticmethod
+    def _sources(image, image_url: str) -> list:
+        urls = split_urls(image_url or "")
+        if image is not None and urls:
+            raise ValueError("SD3 Img2Img (fal): both image and image_url are connected; "
+                             "connect only one of them (image for a picture, image_url for a URL).")
+        if image is None and not urls:
+            raise ValueError("SD3 Img2Img (fal): no picture to transform; connect image (an IMAGE such "
+                             "as Load Image) or image_url (a URL, for example from fal Upload Image).")
+        return to_uint8(image) if image is not None else urls
+
+    @staticmethod
+    def _outputs(results: list, seed: int):
+        arrays, flags = [], []
+        for result in results:
+            arrays.extend(result.images)
+            fal_flags = result.output.has_nsfw_concepts
+            flags.extend(bool(fal_flags[i]) if i < len(fal_flags) else False for i in range(len(result.images)))
+        first_seed = results[0].output.seed if results[0].output.seed is not None else seed
+        return (from_uint8(arrays), int(first_seed), flags, summarize(results))

@@ -1,0 +1,58 @@
+"""ComfyUI IMAGE tensors (B,H,W,C float32 in 0..1) to and from uint8 arrays."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """One (H,W,C) uint8 array per batch item; C stays 3 (RGB) or 4 (RGBA)."""
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"image: expected an IMAGE batch shaped (B,H,W,C) with C 1, 3 or 4, got {tuple(images.shape)}; "
+            "connect an IMAGE output such as Load Image."
+        )
+    # Rounding (not truncation) keeps a uint8 -> float -> uint8 round trip exact.
+    data = (images.detach().to("cpu", torch.float32).clamp(0, 1) * 255.0).round_().to(torch.uint8).numpy()
+    if data.shape[-1] == 1:
+        data = np.repeat(data, 3, axis=-1)
+    return [np.ascontiguousarray(item) for item in data]
+
+
+def from_uint8(arrays: Sequence[np.ndarray], channels: int = 3) -> torch.Tensor:
+    """Stack uint8 (H,W,C) arrays into an IMAGE batch with ``channels`` channels.
+
+    Every array must have the same size; the error names the first one that does not.
+    """
+    if not arrays:
+        raise ValueError("no images to stack")
+    first = arrays[0].shape[:2]
+    for i, arr in enumerate(arrays):
+        if arr.shape[:2] != first:
+            raise ValueError(
+                f"images[{i}] is {arr.shape[1]}x{arr.shape[0]} but images[0] is {first[1]}x{first[0]}: "
+                "an IMAGE batch needs one size; set image_size so every result has the same size."
+            )
+    batch = np.stack([_channels(a, channels) for a in arrays])
+    return torch.from_numpy(batch).to(torch.float32).div_(255.0)
+
+
+def _channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    have = arr.shape[2]
+    if have == channels:
+        return arr
+    if have == 1:
+        arr = np.repeat(arr, 3, axis=2)
+        have = 3
+    if have == 4 and channels == 3:
+        return arr[:, :, :3]
+    if have == 3 and channels == 4:
+        return np.concatenate([arr, np.full(arr.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    return arr

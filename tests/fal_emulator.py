@@ -1,0 +1,674 @@
+"""A fal queue and storage emulator: a real HTTP server on 127.0.0.1 for the tests.
+
+It speaks what fal's clients speak (see ../shared/fal-protocol.md): submit, status (with logs),
+the status stream (server-sent events), result, cancel, the CDN token, CDN uploads (single and
+multipart) and the initiate + PUT fallback. It checks ``Authorization: Key ...``, validates input
+like fal (422 with a ``detail`` list), and answers with images derived from the input so a test
+can prove the round trip by pixels: image k of a request is ``255 - input + k`` (mod 256), resized
+to the requested size with nearest-neighbour sampling, as PNG (see ``expected_output``).
+
+Faults are queued per kind of call with ``fault()`` and consumed in order. Every call is
+recorded (``calls()``, ``count()``) so tests assert what fal would have received and charged.
+
+Semantics chosen where fal's are not documented:
+- the result of a request that is not finished: 400 ``{"detail": "Request is still in progress"}``;
+- cancel of a running or queued request: 202, and the request ends COMPLETED with error
+  "Request cancelled" (error_type "RequestCancelled"); its result is then 400;
+- cancel of a finished request: 400 ``{"status": "ALREADY_COMPLETED"}``.
+
+Standalone, for a ComfyUI in another process: ``python tests/fal_emulator.py --port 0 --key K``
+prints one JSON line with the URLs, then serves until killed; ``/_emulator/...`` routes set
+faults and configuration and read the calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import re
+import secrets
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from PIL import Image
+
+PRESETS = {
+    "square_hd": (1024, 1024), "square": (512, 512), "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024), "landscape_4_3": (1024, 768), "landscape_16_9": (1024, 576),
+}
+NAMESPACES = ("workflows", "comfy")
+LOG_LINES = 4
+NGINX_502 = ("<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1>"
+             "</center><hr><center>nginx</center></body></html>")
+
+
+def expected_output(image: np.ndarray, k: int, size: tuple[int, int] | None) -> np.ndarray:
+    """What the emulator returns as image ``k`` for ``image`` (RGB uint8) at ``size`` (w, h)."""
+    rgb = image[:, :, :3]
+    if size is not None and (rgb.shape[1], rgb.shape[0]) != tuple(size):
+        rgb = np.asarray(Image.fromarray(rgb).resize(tuple(size), Image.NEAREST))
+    return ((255 - rgb.astype(np.int16) + k) % 256).astype(np.uint8)
+
+
+@dataclass
+class Call:
+    kind: str
+    method: str
+    path: str
+    query: dict
+    headers: dict
+    body: bytes
+    json: Any
+    status: int | None
+    time: float
+
+
+@dataclass
+class Fault:
+    status: int | None = None
+    retry_after: float | None = None
+    request_id_header: bool = False
+    body: Any = None
+    drop: str | None = None
+    delay: float | None = None
+    refuse: bool = False
+    drop_mid: bool = False
+
+
+@dataclass
+class Job:
+    id: str
+    app: str
+    input: dict
+    created: float
+    queue_seconds: float
+    job_seconds: float
+    queue_positions: int
+    fail: str | None = None
+    error_type: str | None = None
+    cancelled_at: float | None = None
+    output: dict | None = None
+    logs: list = field(default_factory=list)
+
+    def timeline(self, now: float) -> tuple[str, int | None, int]:
+        """(state, queue position, number of log lines) at time ``now``."""
+        t = now - self.created
+        if self.cancelled_at is not None and now >= self.cancelled_at:
+            return "CANCELLED", None, min(LOG_LINES, self._logs_at(self.cancelled_at - self.created))
+        if t < self.queue_seconds:
+            step = self.queue_seconds / max(self.queue_positions, 1)
+            return "IN_QUEUE", max(self.queue_positions - 1 - int(t / step), 0), 0
+        if t < self.queue_seconds + self.job_seconds:
+            return "IN_PROGRESS", None, self._logs_at(t)
+        return "COMPLETED", None, LOG_LINES
+
+    def _logs_at(self, t: float) -> int:
+        run = t - self.queue_seconds
+        if run < 0:
+            return 0
+        return min(LOG_LINES, 1 + int(run / max(self.job_seconds, 1e-9) * LOG_LINES))
+
+    def next_change(self, now: float) -> float:
+        """When the status will next look different (or inf)."""
+        t = now - self.created
+        points = []
+        if self.queue_positions and self.queue_seconds:
+            step = self.queue_seconds / self.queue_positions
+            points += [i * step for i in range(1, self.queue_positions + 1)]
+        points += [self.queue_seconds + i * self.job_seconds / LOG_LINES for i in range(LOG_LINES)]
+        points.append(self.queue_seconds + self.job_seconds)
+        later = [p for p in points if p > t]
+        return self.created + min(later) if later else float("inf")
+
+
+class FalEmulator:
+    def __init__(self, key: str = "test-key-id:test-key-secret", job_seconds: float = 0.2,
+                 queue_seconds: float = 0.0, queue_positions: int = 0, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.key = key
+        self.job_seconds = job_seconds
+        self.queue_seconds = queue_seconds
+        self.queue_positions = queue_positions
+        self.host, self.port = host, port
+        self.jobs: dict[str, Job] = {}
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self._calls: list[Call] = []
+        self._faults: dict[str, list[Fault]] = {}
+        self._next_jobs: list[dict] = []
+        self._tokens: set[str] = set()
+        self._multipart: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._changed: asyncio.Condition | None = None
+
+    # --- control, from the test's thread ---------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def queue_url(self) -> str:
+        return self.base_url + "/queue"
+
+    @property
+    def rest_url(self) -> str:
+        return self.base_url + "/rest"
+
+    @property
+    def cdn_url(self) -> str:
+        return self.base_url + "/cdn"
+
+    def env(self) -> dict[str, str]:
+        return {"FAL_KEY": self.key, "FAL_QUEUE_URL": self.queue_url, "FAL_REST_URL": self.rest_url,
+                "FAL_CDN_URL": self.cdn_url}
+
+    def fault(self, kind: str, *, times: int = 1, **options: Any) -> None:
+        with self._lock:
+            self._faults.setdefault(kind, []).extend(Fault(**options) for _ in range(times))
+
+    def next_job(self, **options: Any) -> None:
+        """Settings for the next submitted job: job_seconds, queue_seconds, fail, error_type."""
+        with self._lock:
+            self._next_jobs.append(options)
+
+    def calls(self, kind: str | None = None) -> list[Call]:
+        with self._lock:
+            return [c for c in self._calls if kind is None or c.kind == kind]
+
+    def count(self, kind: str) -> int:
+        return len(self.calls(kind))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._calls.clear()
+            self._faults.clear()
+            self._next_jobs.clear()
+            self.jobs.clear()
+
+    def start(self) -> "FalEmulator":
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), name="fal-emulator", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the fal emulator did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop = None
+
+    def __enter__(self) -> "FalEmulator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self, ready: threading.Event) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start_site())
+        ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _start_site(self) -> None:
+        self._changed = asyncio.Condition()
+        app = web.Application(client_max_size=512 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    # --- routing -------------------------------------------------------------------------
+
+    _ROUTES = [
+        ("POST", r"/rest/storage/auth/token", "token"),
+        ("POST", r"/rest/storage/upload/initiate", "initiate"),
+        ("PUT", r"/rest/storage/put/(?P<name>.+)", "put_file"),
+        ("POST", r"/cdn/files/upload/multipart", "multipart_create"),
+        ("POST", r"/cdn/files/upload", "upload"),
+        ("PUT", r"/cdn/files/(?P<name>.+)/multipart/(?P<upload>[^/]+)/(?P<part>\d+)", "multipart_part"),
+        ("POST", r"/cdn/files/(?P<name>.+)/multipart/(?P<upload>[^/]+)/complete", "multipart_complete"),
+        ("GET", r"/(cdn|rest)/files?/.+|/rest/storage/files/.+", "file"),
+        ("GET", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)/status/stream", "stream"),
+        ("GET", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)/status", "status"),
+        ("PUT", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)/cancel", "cancel"),
+        ("GET", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)", "result"),
+        ("POST", r"/queue/(?P<app>.+)", "submit"),
+    ]
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/_emulator/"):
+            return await self._control(request)
+        for method, pattern, kind in self._ROUTES:
+            match = re.fullmatch(pattern, request.path)
+            if match and request.method == method:
+                break
+        else:
+            return web.json_response({"detail": f"No route for {request.method} {request.path}"}, status=404)
+        body = await request.read()
+        try:
+            parsed = json.loads(body) if body and "json" in request.headers.get("content-type", "") else None
+        except ValueError:
+            parsed = None
+        call = Call(kind, request.method, request.path, dict(request.query),
+                    {k.lower(): v for k, v in request.headers.items()}, body, parsed, None, time.monotonic())
+        with self._lock:
+            self._calls.append(call)
+            queue = self._faults.get(kind)
+            fault = queue.pop(0) if queue else None
+        handler = getattr(self, f"_{kind}")
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.drop == "before":
+                return self._abort(request, call)
+            if fault.status is not None:
+                return self._record(call, self._fault_response(fault))
+            if fault.refuse:
+                return self._record(call, web.json_response({"detail": "Method Not Allowed"}, status=405))
+        response = await handler(request, call, match.groupdict(), fault)
+        if fault is not None and fault.drop == "after":
+            return self._abort(request, call)
+        return self._record(call, response)
+
+    @staticmethod
+    def _record(call: Call, response: web.StreamResponse) -> web.StreamResponse:
+        call.status = response.status
+        return response
+
+    @staticmethod
+    def _abort(request: web.Request, call: Call) -> web.StreamResponse:
+        call.status = None
+        request.transport.abort()
+        # aiohttp must not write anything after the abort; raising ends the handler quietly.
+        raise asyncio.CancelledError()
+
+    @staticmethod
+    def _fault_response(fault: Fault) -> web.Response:
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = f"{fault.retry_after:g}"
+        if fault.status >= 500 and not fault.request_id_header and fault.body is None:
+            return web.Response(status=fault.status, text=NGINX_502, content_type="text/html", headers=headers)
+        if fault.request_id_header:
+            headers["x-fal-request-id"] = str(uuid.uuid4())
+        body = fault.body if fault.body is not None else {"detail": f"Emulated error {fault.status}"}
+        if isinstance(body, (dict, list)):
+            return web.json_response(body, status=fault.status, headers=headers)
+        return web.Response(status=fault.status, text=str(body), headers=headers)
+
+    def _authorized(self, call: Call) -> bool:
+        return call.headers.get("authorization") == f"Key {self.key}"
+
+    def _unauthorized(self, app: str = "") -> web.Response:
+        return web.json_response({"detail": f"Cannot access application '{app}'. Authentication is required "
+                                            "to access this application."}, status=401)
+
+    # --- queue -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _app_base(app: str) -> str:
+        parts = [p for p in app.split("/") if p]
+        if parts and parts[0] in NAMESPACES:
+            return "/".join(parts[:3])
+        return "/".join(parts[:2])
+
+    async def _submit(self, request, call, groups, fault) -> web.Response:
+        app = groups["app"]
+        if not self._authorized(call):
+            return self._unauthorized(app)
+        if not isinstance(call.json, dict):
+            return web.json_response({"detail": [{"loc": ["body"], "msg": "Input should be a JSON object",
+                                                  "type": "model_attributes_type"}]}, status=422)
+        problems, source = self._validate(call.json)
+        if problems:
+            return web.json_response({"detail": problems}, status=422)
+        with self._lock:
+            options = self._next_jobs.pop(0) if self._next_jobs else {}
+        job = Job(
+            id=str(uuid.uuid4()), app=app, input=call.json, created=time.monotonic(),
+            queue_seconds=options.get("queue_seconds", self.queue_seconds),
+            job_seconds=options.get("job_seconds", self.job_seconds),
+            queue_positions=options.get("queue_positions", self.queue_positions),
+            fail=options.get("fail"), error_type=options.get("error_type"),
+        )
+        job.output = self._make_output(job, source)
+        with self._lock:
+            self.jobs[job.id] = job
+        self._loop.create_task(self._announce(job))
+        base = f"{self.queue_url}/{self._app_base(app)}/requests/{job.id}"
+        return web.json_response(
+            {"request_id": job.id, "response_url": base, "status_url": base + "/status",
+             "cancel_url": base + "/cancel", "queue_position": job.timeline(time.monotonic())[1] or 0},
+            headers={"x-fal-request-id": job.id})
+
+    def _validate(self, data: dict) -> tuple[list, np.ndarray | None]:
+        problems = []
+
+        def bad(name, msg, kind="value_error"):
+            problems.append({"loc": ["body", name], "msg": msg, "type": kind, "input": data.get(name)})
+
+        if not isinstance(data.get("prompt"), str):
+            bad("prompt", "Field required" if "prompt" not in data else "Input should be a valid string", "missing")
+        source = None
+        url = data.get("image_url")
+        if not isinstance(url, str):
+            bad("image_url", "Field required", "missing")
+        else:
+            source = self._load_input(url)
+            if source is None:
+                bad("image_url", f"Could not download the file from {url[:60]!r}", "file_download_error")
+        checks = {
+            "num_inference_steps": (int, 1, 50), "num_images": (int, 1, 4), "seed": (int, None, None),
+            "guidance_scale": ((int, float), 0, 20), "strength": ((int, float), 0, 1),
+        }
+        for name, (kind, low, high) in checks.items():
+            if name in data and data[name] is not None:
+                value = data[name]
+                if isinstance(value, bool) or not isinstance(value, kind):
+                    bad(name, "Input should be a valid number")
+                elif low is not None and not low <= value <= high:
+                    bad(name, f"Input should be between {low} and {high}")
+        for name in ("prompt_expansion", "sync_mode", "enable_safety_checker"):
+            if name in data and not isinstance(data[name], bool):
+                bad(name, "Input should be a valid boolean")
+        if "negative_prompt" in data and not isinstance(data["negative_prompt"], str):
+            bad("negative_prompt", "Input should be a valid string")
+        size = data.get("image_size")
+        if size is not None and not (size in PRESETS or (isinstance(size, dict) and set(size) == {"width", "height"}
+                                                         and all(isinstance(v, int) and 1 <= v <= 14142
+                                                                 for v in size.values()))):
+            bad("image_size", f"Input should be one of {', '.join(PRESETS)} or an object with width and height")
+        return problems, source
+
+    def _load_input(self, url: str) -> np.ndarray | None:
+        if url.startswith("data:"):
+            try:
+                data = base64.b64decode(url.partition(",")[2], validate=True)
+            except ValueError:
+                return None
+        else:
+            with self._lock:
+                stored = self.files.get(url.split("?", 1)[0])
+            if stored is None:
+                return None
+            data = stored[0]
+        try:
+            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        except Exception:
+            return None
+
+    def _make_output(self, job: Job, source: np.ndarray) -> dict:
+        data = job.input
+        size = data.get("image_size")
+        size = PRESETS[size] if isinstance(size, str) else (size["width"], size["height"]) if size else None
+        count = data.get("num_images") or 1
+        flagged = "nsfw" in data["prompt"].lower() and data.get("enable_safety_checker", True)
+        images = []
+        for k in range(count):
+            buf = io.BytesIO()
+            out = expected_output(source, k, size)
+            Image.fromarray(out).save(buf, "PNG", compress_level=1)
+            png = buf.getvalue()
+            if data.get("sync_mode"):
+                url = "data:image/png;base64," + base64.b64encode(png).decode()
+            else:
+                url = self._store(f"{job.id}-{k}.png", png, "image/png")
+            images.append({"url": url, "width": out.shape[1], "height": out.shape[0], "content_type": "image/png"})
+        prompt = data["prompt"] + (", highly detailed" if data.get("prompt_expansion") else "")
+        return {"images": images, "timings": {"inference": job.job_seconds},
+                "seed": data["seed"] if data.get("seed") is not None else secrets.randbelow(2**32),
+                "has_nsfw_concepts": [bool(flagged)] * count, "prompt": prompt, "num_images": count}
+
+    def _status_body(self, job: Job, with_logs: bool) -> dict:
+        now = time.monotonic()
+        state, position, logs = job.timeline(now)
+        lines = [{"message": f"Step {i + 1}/{LOG_LINES}", "level": "INFO", "source": "USER",
+                  "timestamp": datetime.fromtimestamp(1_700_000_000 + i, timezone.utc).isoformat()}
+                 for i in range(logs)]
+        base = f"{self.queue_url}/{self._app_base(job.app)}/requests/{job.id}"
+        body: dict[str, Any] = {"status": "COMPLETED" if state == "CANCELLED" else state,
+                                "request_id": job.id, "response_url": base,
+                                "logs": lines if with_logs else None}
+        if state == "IN_QUEUE":
+            body["queue_position"] = position
+        if state in ("COMPLETED", "CANCELLED"):
+            body["metrics"] = {"inference_time": job.job_seconds}
+        if state == "CANCELLED":
+            body.update(error="Request cancelled", error_type="RequestCancelled")
+        elif state == "COMPLETED" and job.fail:
+            body.update(error=job.fail, error_type=job.error_type or "AppError")
+        return body
+
+    def _find(self, call: Call, groups: dict) -> tuple[Job | None, web.Response | None]:
+        if not self._authorized(call):
+            return None, self._unauthorized(groups.get("app", ""))
+        with self._lock:
+            job = self.jobs.get(groups["id"])
+        if job is None:
+            return None, web.json_response({"detail": "Request not found"}, status=404)
+        return job, None
+
+    @staticmethod
+    def _wants_logs(request: web.Request) -> bool:
+        return request.query.get("logs", "0").lower() in ("1", "true")
+
+    async def _status(self, request, call, groups, fault) -> web.Response:
+        job, error = self._find(call, groups)
+        if error is not None:
+            return error
+        return web.json_response(self._status_body(job, self._wants_logs(request)))
+
+    async def _stream(self, request, call, groups, fault) -> web.StreamResponse:
+        job, error = self._find(call, groups)
+        if error is not None:
+            return error
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        call.status = 200
+        last = None
+        sent = 0
+        while True:
+            body = self._status_body(job, self._wants_logs(request))
+            if body != last:
+                await response.write(f"data: {json.dumps(body)}\n\n".encode())
+                last = body
+                sent += 1
+                if fault is not None and fault.drop_mid and sent == 1:
+                    request.transport.abort()
+                    raise asyncio.CancelledError()
+                if body["status"] == "COMPLETED":
+                    break
+            await self._until_change(job)
+        await response.write_eof()
+        return response
+
+    async def _until_change(self, job: Job) -> None:
+        """Sleep until the job's status will change, or a cancel arrives."""
+        wait = job.next_change(time.monotonic()) - time.monotonic()
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=max(min(wait, 5.0), 0.0) + 0.001)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _announce(self, job: Job) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _result(self, request, call, groups, fault) -> web.Response:
+        job, error = self._find(call, groups)
+        if error is not None:
+            return error
+        state = job.timeline(time.monotonic())[0]
+        if state == "CANCELLED":
+            return web.json_response({"detail": "Request was cancelled"}, status=400)
+        if state != "COMPLETED":
+            return web.json_response({"detail": "Request is still in progress"}, status=400)
+        if job.fail:
+            status = 422 if "validation" in (job.error_type or "").lower() else 500
+            return web.json_response({"detail": job.fail}, status=status,
+                                     headers={"x-fal-error-type": job.error_type or "AppError",
+                                              "x-fal-request-id": job.id})
+        return web.json_response(job.output, headers={"x-fal-request-id": job.id})
+
+    async def _cancel(self, request, call, groups, fault) -> web.Response:
+        job, error = self._find(call, groups)
+        if error is not None:
+            return error
+        state = job.timeline(time.monotonic())[0]
+        if state in ("COMPLETED", "CANCELLED"):
+            return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
+        job.cancelled_at = time.monotonic()
+        self._loop.create_task(self._announce(job))
+        return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
+
+    # --- storage ---------------------------------------------------------------------------
+
+    def _store(self, name: str, data: bytes, content_type: str) -> str:
+        url = f"{self.cdn_url}/files/{secrets.token_hex(4)}/{name}"
+        with self._lock:
+            self.files[url] = (data, content_type)
+        return url
+
+    def _token_ok(self, call: Call) -> bool:
+        scheme, _, token = call.headers.get("authorization", "").partition(" ")
+        return scheme == "Bearer" and token in self._tokens
+
+    async def _token(self, request, call, groups, fault) -> web.Response:
+        if not self._authorized(call):
+            return self._unauthorized()
+        token = secrets.token_hex(16)
+        self._tokens.add(token)
+        expires = datetime.now(timezone.utc) + timedelta(hours=1)
+        return web.json_response({"token": token, "token_type": "Bearer", "base_url": self.cdn_url,
+                                  "expires_at": expires.isoformat()})
+
+    async def _upload(self, request, call, groups, fault) -> web.Response:
+        if not self._token_ok(call):
+            return web.json_response({"detail": "Invalid token"}, status=401)
+        name = call.headers.get("x-fal-file-name") or hashlib.sha256(call.body).hexdigest()[:16]
+        url = self._store(name, call.body, call.headers.get("content-type", "application/octet-stream"))
+        return web.json_response({"access_url": url})
+
+    async def _multipart_create(self, request, call, groups, fault) -> web.Response:
+        if not self._token_ok(call):
+            return web.json_response({"detail": "Invalid token"}, status=401)
+        name = call.headers.get("x-fal-file-name") or "upload.bin"
+        url = f"{self.cdn_url}/files/{secrets.token_hex(4)}/{name}"
+        upload_id = secrets.token_hex(8)
+        with self._lock:
+            self._multipart[upload_id] = {"url": url, "parts": {},
+                                          "type": call.headers.get("content-type", "application/octet-stream")}
+        return web.json_response({"access_url": url, "uploadId": upload_id})
+
+    async def _multipart_part(self, request, call, groups, fault) -> web.Response:
+        with self._lock:
+            upload = self._multipart.get(groups["upload"])
+        if not self._token_ok(call) or upload is None:
+            return web.json_response({"detail": "Unknown upload or invalid token"}, status=404)
+        etag = hashlib.md5(call.body).hexdigest()
+        upload["parts"][int(groups["part"])] = (etag, call.body)
+        return web.Response(status=200, headers={"ETag": etag})
+
+    async def _multipart_complete(self, request, call, groups, fault) -> web.Response:
+        with self._lock:
+            upload = self._multipart.get(groups["upload"])
+        if not self._token_ok(call) or upload is None:
+            return web.json_response({"detail": "Unknown upload or invalid token"}, status=404)
+        parts = sorted((p["partNumber"], p["etag"]) for p in (call.json or {}).get("parts", []))
+        stored = upload["parts"]
+        if [n for n, _ in parts] != sorted(stored) or any(stored[n][0] != etag for n, etag in parts):
+            return web.json_response({"detail": "Parts do not match the upload"}, status=400)
+        with self._lock:
+            self.files[upload["url"]] = (b"".join(stored[n][1] for n, _ in parts), upload["type"])
+        return web.json_response({"access_url": upload["url"]})
+
+    async def _initiate(self, request, call, groups, fault) -> web.Response:
+        if not self._authorized(call):
+            return self._unauthorized()
+        data = call.json or {}
+        name = f"{secrets.token_hex(4)}-{data.get('file_name', 'upload.bin')}"
+        file_url = f"{self.rest_url}/storage/files/{name}"
+        with self._lock:
+            self._multipart["put:" + name] = {"url": file_url, "type": data.get("content_type")}
+        return web.json_response({"upload_url": f"{self.rest_url}/storage/put/{name}?signature=s3cr3t",
+                                  "file_url": file_url})
+
+    async def _put_file(self, request, call, groups, fault) -> web.Response:
+        with self._lock:
+            pending = self._multipart.get("put:" + groups["name"])
+        if pending is None or request.query.get("signature") != "s3cr3t":
+            return web.json_response({"detail": "Bad upload URL"}, status=403)
+        with self._lock:
+            self.files[pending["url"]] = (call.body, call.headers.get("content-type") or pending["type"])
+        return web.Response(status=200)
+
+    async def _file(self, request, call, groups, fault) -> web.Response:
+        with self._lock:
+            stored = self.files.get(f"{self.base_url}{request.path}")
+        if stored is None:
+            return web.json_response({"detail": "File not found"}, status=404)
+        return web.Response(body=stored[0], content_type=stored[1].split(";")[0])
+
+    # --- control API for a ComfyUI in another process ------------------------------------------
+
+    async def _control(self, request: web.Request) -> web.Response:
+        action = request.path.removeprefix("/_emulator/")
+        data = await request.json() if request.can_read_body else {}
+        if action == "faults" and request.method == "POST":
+            kind = data.pop("kind")
+            self.fault(kind, **data)
+        elif action == "config" and request.method == "POST":
+            for name in ("job_seconds", "queue_seconds", "queue_positions"):
+                if name in data:
+                    setattr(self, name, data[name])
+        elif action == "reset" and request.method == "POST":
+            self.reset()
+        elif action == "calls" and request.method == "GET":
+            return web.json_response([{"kind": c.kind, "method": c.method, "path": c.path, "query": c.query,
+                                       "status": c.status, "json": c.json if c.kind != "submit" else None}
+                                      for c in self.calls()])
+        else:
+            return web.json_response({"detail": "unknown control action"}, status=404)
+        return web.json_response({"ok": True})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve the fal emulator on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--key", default="test-key-id:test-key-secret")
+    parser.add_argument("--job-seconds", type=float, default=0.2)
+    args = parser.parse_args()
+    emulator = FalEmulator(key=args.key, job_seconds=args.job_seconds, port=args.port).start()
+    print(json.dumps({"queue_url": emulator.queue_url, "rest_url": emulator.rest_url,
+                      "cdn_url": emulator.cdn_url, "key": emulator.key}), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
