@@ -244,12 +244,12 @@ class FalEmulator:
     _ROUTES = [
         ("POST", r"/rest/storage/auth/token", "token"),
         ("POST", r"/rest/storage/upload/initiate", "initiate"),
-        ("PUT", r"/rest/storage/put/(?P<name>.+)", "put_file"),
+        ("PUT", r"/gcs/put/(?P<name>.+)", "put_file"),
         ("POST", r"/cdn/files/upload/multipart", "multipart_create"),
         ("POST", r"/cdn/files/upload", "upload"),
         ("PUT", r"/cdn/files/(?P<name>.+)/multipart/(?P<upload>[^/]+)/(?P<part>\d+)", "multipart_part"),
         ("POST", r"/cdn/files/(?P<name>.+)/multipart/(?P<upload>[^/]+)/complete", "multipart_complete"),
-        ("GET", r"/(cdn|rest)/files?/.+|/rest/storage/files/.+", "file"),
+        ("GET", r"/cdn/files/.+|/gcs/files/.+", "file"),
         ("GET", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)/status/stream", "stream"),
         ("GET", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)/status", "status"),
         ("PUT", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)/cancel", "cancel"),
@@ -396,7 +396,7 @@ class FalEmulator:
         if "negative_prompt" in data and not isinstance(data["negative_prompt"], str):
             bad("negative_prompt", "Input should be a valid string")
         size = data.get("image_size")
-        if size is not None and not (size in PRESETS or (isinstance(size, dict) and set(size) == {"width", "height"}
+        if size is not None and not ((isinstance(size, str) and size in PRESETS) or (isinstance(size, dict) and set(size) == {"width", "height"}
                                                          and all(isinstance(v, int) and 1 <= v <= 14142
                                                                  for v in size.values()))):
             bad("image_size", f"Input should be one of {', '.join(PRESETS)} or an object with width and height")
@@ -610,10 +610,11 @@ class FalEmulator:
             return self._unauthorized()
         data = call.json or {}
         name = f"{secrets.token_hex(4)}-{data.get('file_name', 'upload.bin')}"
-        file_url = f"{self.rest_url}/storage/files/{name}"
+        # Like fal's signed Google Cloud Storage URLs, these live outside fal's API.
+        file_url = f"{self.base_url}/gcs/files/{name}"
         with self._lock:
             self._multipart["put:" + name] = {"url": file_url, "type": data.get("content_type")}
-        return web.json_response({"upload_url": f"{self.rest_url}/storage/put/{name}?signature=s3cr3t",
+        return web.json_response({"upload_url": f"{self.base_url}/gcs/put/{name}?signature=s3cr3t",
                                   "file_url": file_url})
 
     async def _put_file(self, request, call, groups, fault) -> web.Response:
