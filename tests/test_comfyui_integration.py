@@ -1,0 +1,143 @@
+"""The pack inside a real ComfyUI, on the CPU, against the fal emulator.
+
+Skipped unless COMFYUI_DIR points at a ComfyUI checkout. COMFYUI_PYTHON names the Python that
+runs it (its own virtual environment, with torchvision); by default the one running the tests.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from fal_emulator import FalEmulator, expected_output
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "example_workflows" / "api"
+KEY = "integration-id:integration-secret-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    with FalEmulator(key=KEY, job_seconds=0.3) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def comfyui(emulator, tmp_path_factory):
+    """ComfyUI started with the pack linked into custom_nodes and fal pointed at the emulator."""
+    base = tmp_path_factory.mktemp("comfyui")
+    for folder in ("custom_nodes", "input", "output", "user", "models"):
+        (base / folder).mkdir()
+    (base / "custom_nodes" / "comfyui-fal-sd3").symlink_to(ROOT, target_is_directory=True)
+    picture = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(base / "input" / "example.png")
+    port = free_port()
+    env = {**os.environ, **emulator.env(), "FAL_SD3_STATE_DIR": str(base / "state")}
+    log = open(base / "comfyui.log", "w")
+    process = subprocess.Popen(
+        [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+         "--port", str(port), "--base-directory", str(base), "--disable-auto-launch"],
+        cwd=COMFYUI_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(url + "/system_stats", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("ComfyUI did not start:\n" + (base / "comfyui.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield {"url": url, "base": base, "picture": picture, "process": process}
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def queue_prompt(url: str, prompt: dict) -> str:
+    answer = httpx.post(url + "/prompt", json={"prompt": prompt, "client_id": "tests"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["prompt_id"]
+
+
+def wait_history(url: str, prompt_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        history = httpx.get(f"{url}/history/{prompt_id}", timeout=10).json()
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            entry = history[prompt_id]
+            if entry["status"]["status_str"] in ("success", "error"):
+                return entry
+        time.sleep(0.2)
+    pytest.fail(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+def test_pack_loads_and_lists_its_nodes(comfyui):
+    info = httpx.get(comfyui["url"] + "/object_info", timeout=30).json()
+    for node_id in ("FalSD3ImageSize", "FalUploadImage", "FalSD3Img2Img"):
+        assert node_id in info, f"{node_id} missing from /object_info"
+    templates = httpx.get(comfyui["url"] + "/workflow_templates", timeout=30).json()
+    listed = next(v for k, v in templates.items() if "fal" in k)
+    assert {"sd3_img2img_fal", "sd3_img2img_fal_upload"} <= set(listed)
+
+
+@pytest.mark.parametrize("example, size", [("sd3_img2img_fal.json", (1024, 1024)),
+                                           ("sd3_img2img_fal_upload.json", None)])
+def test_api_example_runs_headless_and_saves_the_image(comfyui, emulator, example, size):
+    submits = emulator.count("submit")
+    prompt = json.loads((EXAMPLES / example).read_text())
+    entry = wait_history(comfyui["url"], queue_prompt(comfyui["url"], prompt))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    saved = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    assert len(saved) == 1
+    path = comfyui["base"] / "output" / saved[0].get("subfolder", "") / saved[0]["filename"]
+    result = np.asarray(Image.open(path).convert("RGB"))
+    assert np.array_equal(result, expected_output(comfyui["picture"], 0, size))
+    assert emulator.count("submit") == submits + 1
+    assert KEY not in json.dumps(entry) and KEY.split(":")[1] not in path.read_bytes().decode("latin-1")
+
+
+def test_interrupt_cancels_the_request_at_fal(comfyui, emulator):
+    emulator.job_seconds = 30
+    try:
+        prompt = json.loads((EXAMPLES / "sd3_img2img_fal.json").read_text())
+        prompt["3"]["inputs"]["seed"] = 777  # a new input, so ComfyUI's cache does not answer
+        cancels = emulator.count("cancel")
+        prompt_id = queue_prompt(comfyui["url"], prompt)
+        deadline = time.monotonic() + 60
+        while not any(j.input.get("seed") == 777 for j in list(emulator.jobs.values())):
+            assert time.monotonic() < deadline, "the request never reached the emulator"
+            time.sleep(0.1)
+        pressed = time.monotonic()
+        httpx.post(comfyui["url"] + "/interrupt", timeout=10)
+        while emulator.count("cancel") == cancels:
+            assert time.monotonic() - pressed < 2.0, "no cancel reached fal within 2 s of Cancel"
+            time.sleep(0.05)
+        entry = wait_history(comfyui["url"], prompt_id)
+        messages = json.dumps(entry["status"].get("messages", []))
+        assert "execution_interrupted" in messages
+    finally:
+        emulator.job_seconds = 0.3
