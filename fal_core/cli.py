@@ -21,6 +21,8 @@ from .errors import ConfigError, FalError, InputError
 from .files import fetch_bytes
 from .images import decode_image, encode_png, sniff_mime
 from .img2img import img2img
+from .journal import COMPLETED, Journal
+from .journal import default_path as default_journal_path
 from .queue import Update
 
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
@@ -54,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--app-id", default=schema.ENDPOINT, help=f"fal endpoint (default {schema.ENDPOINT})")
     parser.add_argument("--timeout", type=float, default=None, help="give up (and cancel at fal) after this many seconds")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    parser.add_argument("--journal", type=Path, default=None,
+                        help="the request journal (default: FAL_JOURNAL, else "
+                             "~/.local/state/comfyui-fal-sd3/journal.jsonl; ComfyUI's is "
+                             "ComfyUI/user/fal_sd3/journal.jsonl)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("img2img", help="transform an image file; writes the results as files")
@@ -64,9 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--upload", choices=("auto", "data_uri", "upload"), default="auto",
                      help="send the input inline as a data URI or upload it first (default: by size)")
     run.add_argument("--json", action="store_true", help="print fal's whole answer as JSON on stdout")
+    run.add_argument("--force-new", action="store_true",
+                     help="send a new (paid) request even when the journal has the same one running or done")
 
     upload = commands.add_parser("upload", help="upload files to fal storage; prints their URLs")
     upload.add_argument("files", nargs="+", type=Path)
+
+    journal = commands.add_parser("journal", help="list recent requests, or fetch one's result again")
+    journal.add_argument("--fetch", metavar="REQUEST_ID", help="fetch this request's result again")
+    journal.add_argument("--output-dir", "-o", type=Path, default=None, help="with --fetch: save its images here")
 
     for name, text in (("status", "print a request's status and logs"),
                        ("result", "print a request's result; --output-dir also saves its images"),
@@ -132,13 +144,49 @@ async def _save(fal: FalClient, urls: Sequence[str], out_dir: Path, stem: str) -
     return paths
 
 
+def _list_journal(book: Journal) -> None:
+    entries = book.entries()
+    if not entries:
+        print(f"no requests in the last {book.retention / 3600:g} h in {book.path}", file=sys.stderr)
+    for entry in entries:
+        fields = entry.fields or {}
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time))
+        prompt = str(fields.get("prompt", ""))[:40]
+        print(f"{when}  {entry.state:<9}  {entry.request_id or '(no id: answer lost)':<36}  "
+              f"seed={fields.get('seed')}  {prompt!r}")
+
+
+async def _fetch_from_journal(fal: FalClient, book: Journal, request_id: str, out_dir: Path | None,
+                              report: "_Reporter") -> None:
+    entry = book.find_request(request_id)
+    if entry is None or entry.handle is None:
+        raise InputError([schema.FieldError("request_id", request_id, f"is not in the journal {book.path}")])
+    output = entry.result if entry.state == COMPLETED else await fal.queue.result(entry.handle)
+    print(json.dumps(output, indent=2))
+    if out_dir is not None:
+        await _save_output(fal, output, request_id, out_dir, report)
+
+
+async def _save_output(fal: FalClient, output: Any, request_id: str, out_dir: Path, report: "_Reporter") -> None:
+    urls = [im.url for im in schema.Img2ImgOutput.from_json(output, request_id).images]
+    for path in await _save(fal, urls, out_dir, f"fal-{request_id[:8]}"):
+        report.say(f"saved {path}")
+
+
 async def _main(args: argparse.Namespace) -> int:
     report = _Reporter(args.quiet)
+    book = Journal(args.journal or default_journal_path())
+    if args.command == "journal" and not args.fetch:
+        _list_journal(book)
+        return 0
     async with FalClient() as fal:
-        if args.command == "img2img":
+        if args.command == "journal":
+            await _fetch_from_journal(fal, book, args.fetch, args.output_dir, report)
+        elif args.command == "img2img":
             image = _read_image(args.image)
             result = await img2img(fal, image, _params(args), app_id=args.app_id, image_mode=args.upload,
-                                   on_update=report, timeout=args.timeout, decode=False)
+                                   on_update=report, timeout=args.timeout, decode=False, journal=book,
+                                   force_new=args.force_new)
             stem = f"{Path(args.image).stem if not isinstance(image, str) else 'fal'}-{result.handle.request_id[:8]}"
             paths = await _save(fal, [im.url for im in result.output.images], args.output_dir, stem)
             report.say(f"done: request {result.handle.request_id}, seed {result.output.seed}")
@@ -167,9 +215,7 @@ async def _main(args: argparse.Namespace) -> int:
                 output = await fal.queue.result(handle)
                 print(json.dumps(output, indent=2))
                 if args.output_dir is not None:
-                    urls = [im.url for im in schema.Img2ImgOutput.from_json(output, args.request_id).images]
-                    for path in await _save(fal, urls, args.output_dir, f"fal-{args.request_id[:8]}"):
-                        report.say(f"saved {path}")
+                    await _save_output(fal, output, args.request_id, args.output_dir, report)
             else:
                 accepted = await fal.queue.cancel(handle)
                 print("cancellation requested" if accepted else "the request had already finished")

@@ -6,26 +6,33 @@ import asyncio
 
 import numpy as np
 
-from .images import MAX_BYTES, MAX_PIXELS, decode_image, parse_data_uri
+from .images import MAX_BYTES, MAX_PIXELS, decode_image, parse_data_uri, sniff_mime
+from .journal import ResultFiles
 from .transport import Transport
 
 
-async def fetch_bytes(transport: Transport, url: str, *, what: str = "result file",
-                      max_bytes: int = MAX_BYTES) -> tuple[bytes, str | None]:
-    """The bytes and content type behind ``url`` (http(s) or data:)."""
+async def fetch_bytes(transport: Transport, url: str, *, what: str = "result file", max_bytes: int = MAX_BYTES,
+                      store: ResultFiles | None = None) -> tuple[bytes, str | None]:
+    """The bytes and content type behind ``url`` (http(s) or data:); with a ``store``, a file
+    downloaded before is read from it and a new download is kept in it."""
     if url.startswith("data:"):
         parsed = parse_data_uri(url, max_bytes=max_bytes)
         return parsed.data, parsed.mime
+    kept = store.get(url) if store is not None else None
+    if kept is not None:
+        return kept, sniff_mime(kept)
     response = await transport.request("GET", url, what=what, max_bytes=max_bytes)
+    if store is not None:
+        store.put(url, response.content)
     return response.content, response.headers.get("content-type")
 
 
-async def fetch_image(transport: Transport, url: str, *, what: str = "result image",
-                      max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+async def fetch_image(transport: Transport, url: str, *, what: str = "result image", max_bytes: int = MAX_BYTES,
+                      max_pixels: int = MAX_PIXELS, store: ResultFiles | None = None) -> np.ndarray:
     """The decoded (H,W,C) uint8 image behind ``url``.
 
     Decoding runs in a worker thread: it is CPU work that would otherwise stall every other
     request on the event loop (Pillow releases the GIL, so several images decode in parallel).
     """
-    data, _ = await fetch_bytes(transport, url, what=what, max_bytes=max_bytes)
+    data, _ = await fetch_bytes(transport, url, what=what, max_bytes=max_bytes, store=store)
     return await asyncio.to_thread(decode_image, data, max_pixels=max_pixels, source=what)

@@ -9,16 +9,21 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Awaitable, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
 from . import schema
 from .client import FalClient
+from .errors import (
+    AppError, HTTPStatusError, RequestCancelled, RequestTimeout, SubmitUncertainError, ValidationError,
+)
 from .files import fetch_image
 from .images import encode, sniff_mime
-from .queue import OnUpdate, ShouldCancel, Update
+from .journal import COMPLETED, PENDING, UNKNOWN, Journal, ResultFiles, fingerprint
+from .queue import Completion, OnUpdate, ShouldCancel, Update
 from .schema import Img2ImgOutput
+from .status import COMPLETED as COMPLETED_STATE
 from .status import RequestHandle, Status
 
 # An image is an (H,W,C) uint8 array, encoded bytes, or a URL fal can read (http(s) or data:).
@@ -46,16 +51,13 @@ def check_params(params: Mapping[str, Any], image: ImageInput | None) -> dict[st
     return schema.validate(payload)
 
 
-async def place_image(client: FalClient, image: ImageInput, *, image_format: str = "png",
-                      image_mode: str = "auto") -> str:
-    """A URL fal can read ``image`` from: as given for a URL, else a data URI or an upload."""
+async def encode_image(image: ImageInput, image_format: str = "png") -> tuple[bytes, str] | None:
+    """The encoded bytes and MIME type of an array or bytes; None for a URL, sent as it is."""
     if isinstance(image, str):
-        return image
+        return None
     if isinstance(image, np.ndarray):
-        data, mime = await asyncio.to_thread(encode, image, image_format)
-    else:
-        data, mime = bytes(image), sniff_mime(image) or "application/octet-stream"
-    return await client.storage.image_url(data, mime, mode=image_mode)
+        return await asyncio.to_thread(encode, image, image_format)
+    return bytes(image), sniff_mime(image) or "application/octet-stream"
 
 
 async def img2img(
@@ -70,31 +72,108 @@ async def img2img(
     timeout: float | None = None,
     should_cancel: ShouldCancel | None = None,
     decode: bool = True,
+    journal: Journal | None = None,
+    result_files: ResultFiles | None = None,
+    force_new: bool = False,
     **submit_options: Any,
 ) -> Img2ImgResult:
     """Run one image-to-image request; ``params`` holds every field except ``image_url``.
 
     ``image_mode`` is "auto" (inline small images, upload large ones), "data_uri" or "upload".
     Raises InputError before any network call when ``params`` are invalid.
+
+    With a ``journal``, the job is written down before it is waited for: the same job (same
+    fields, seed and picture) reattaches to a request still running or reuses a completed one
+    instead of paying again, unless ``force_new``. ``result_files`` keeps downloaded results.
     """
-    payload = check_params(params, image)
+    fields = check_params(params, image)
+    fields.pop("image_url")
     started = time.monotonic()
     notify = on_update or (lambda update: None)
-    if not isinstance(image, str):
-        notify(Update(None, "uploading", elapsed=time.monotonic() - started))
-    payload["image_url"] = await place_image(client, image, image_format=image_format, image_mode=image_mode)
-    notify(Update(None, "submitting", elapsed=time.monotonic() - started))
-    remaining = None if timeout is None else max(timeout - (time.monotonic() - started), 0.001)
-    completion = await client.queue.subscribe(
-        app_id, payload, on_update=on_update, timeout=remaining, should_cancel=should_cancel, **submit_options)
+    encoded = await encode_image(image, image_format)
+    fp = fingerprint(app_id, fields, encoded[0] if encoded else image)
+    entry = journal.lookup(fp) if journal is not None and not force_new else None
+    if entry is not None and entry.state == UNKNOWN:
+        raise SubmitUncertainError(
+            app_id, f"the same request was sent at {_clock(entry.time)} and its answer was lost; "
+            "run it with force new request once you have checked", url=client.config.queue_url, fingerprint=fp)
+    if entry is not None and entry.state == COMPLETED and entry.handle is not None:
+        notify(Update(entry.request_id, "completed", elapsed=time.monotonic() - started))
+        completion = Completion(entry.handle, Status(COMPLETED_STATE), entry.result)
+    else:
+        wait_options = dict(on_update=on_update, should_cancel=should_cancel,
+                            timeout=None if timeout is None else max(timeout - (time.monotonic() - started), 0.001))
+        completion = None
+        if entry is not None and entry.state == PENDING and entry.handle is not None:
+            completion = await _reattach(client, journal, fp, entry.handle, wait_options)
+        if completion is None:
+            if encoded is not None:
+                notify(Update(None, "uploading", elapsed=time.monotonic() - started))
+                url = await client.storage.image_url(*encoded, mode=image_mode)
+            else:
+                url = image
+            payload = {**fields, "image_url": url}
+            notify(Update(None, "submitting", elapsed=time.monotonic() - started))
+            completion = await _journaled(journal, fp, app_id, payload, lambda on_submitted: client.queue.subscribe(
+                app_id, payload, on_submitted=on_submitted, **wait_options, **submit_options))
     output = Img2ImgOutput.from_json(completion.output, completion.handle.request_id)
     images: list[np.ndarray] = []
     if decode:
         notify(Update(completion.handle.request_id, "downloading", elapsed=time.monotonic() - started))
         images = list(await asyncio.gather(*(
-            fetch_image(client.transport, item.url, what=f"result image {i + 1} of request {completion.handle.request_id}")
+            fetch_image(client.transport, item.url, store=result_files,
+                        what=f"result image {i + 1} of request {completion.handle.request_id}")
             for i, item in enumerate(output.images))))
     return Img2ImgResult(completion.handle, completion.status, output, completion.output, images)
+
+
+async def _reattach(client: FalClient, journal: Journal, fp: str, handle: RequestHandle,
+                    wait_options: dict) -> Completion | None:
+    """Follow a request an earlier run submitted; None when fal no longer knows it."""
+    try:
+        return await _journaled(journal, fp, handle.app_id, None, lambda _: client.queue.complete(handle, **wait_options),
+                                handle=handle)
+    except HTTPStatusError as exc:
+        if exc.status_code != 404:
+            raise
+        journal.failed(fp, handle.request_id, "fal no longer knows this request")
+        return None
+
+
+async def _journaled(journal: Journal | None, fp: str, app_id: str, payload: Mapping[str, Any] | None,
+                     run: Callable[[Callable[[RequestHandle], None]], Awaitable[Completion]],
+                     handle: RequestHandle | None = None) -> Completion:
+    """Run a request with its life written to the journal: submitted, then how it ended."""
+    submitted: list[RequestHandle] = [handle] if handle is not None else []
+
+    def on_submitted(new: RequestHandle) -> None:
+        submitted.append(new)
+        if journal is not None:
+            journal.submitted(fp, new, payload or {})
+
+    def request_id() -> str | None:
+        return submitted[-1].request_id if submitted else None
+
+    if journal is None:
+        return await run(on_submitted)
+    try:
+        completion = await run(on_submitted)
+    except SubmitUncertainError as exc:
+        journal.unknown(fp, app_id, payload or {}, str(exc))
+        raise
+    except (RequestCancelled, RequestTimeout, asyncio.CancelledError):
+        if submitted:
+            journal.cancelled(fp, request_id())
+        raise
+    except (AppError, ValidationError) as exc:
+        journal.failed(fp, request_id(), str(exc))
+        raise
+    journal.completed(fp, completion.handle.request_id, completion.output)
+    return completion
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 def seed_for_item(seed: int | None, index: int) -> int | None:

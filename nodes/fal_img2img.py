@@ -90,17 +90,21 @@ class FalSD3Img2Img:
                                                    "tooltip": "How an IMAGE is sent: png is lossless, jpeg (q95) much smaller."}),
                 "timeout": ("INT", {"default": 600, "min": 0, "max": 86400, "step": 10,
                                     "tooltip": "Seconds before the requests are cancelled at fal (0: no limit)."}),
+                "force_new_request": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Off: the same request (same picture, fields and seed) reattaches to one still "
+                    "running or reuses one completed in the last 24 h instead of paying again. "
+                    "On: always send a new, paid request.")}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     async def run(self, prompt, negative_prompt, prompt_expansion, num_inference_steps, seed, guidance_scale,
                   num_images, enable_safety_checker, strength, sync_mode, image=None, image_url="",
-                  image_size=None, image_format="png", timeout=600, unique_id=None):
+                  image_size=None, image_format="png", timeout=600, force_new_request=False, unique_id=None):
         # Imported here, not at the top: ComfyUI imports every pack at start-up, and httpx and
         # the codecs are only needed once a fal node runs.
         from ..fal_core.img2img import DEFAULT_CONCURRENCY, img2img_batch
-        from .session import open_client
+        from .session import journal, open_client, result_files
 
         sources = self._sources(image, image_url)
         params = {
@@ -129,10 +133,15 @@ class FalSD3Img2Img:
             status.apply(index, update)
             show()
 
+        book = journal()
+        downloads = result_files(book)
+        # Pruned here rather than at start-up: the pack's import must stay free of disk work.
+        await asyncio.to_thread(lambda: (book.prune(), downloads.prune()))
         async with open_client() as fal:
             batch = asyncio.ensure_future(img2img_batch(
                 fal, sources, params, concurrency=DEFAULT_CONCURRENCY, on_update=on_update,
-                image_format=image_format, timeout=timeout or None))
+                image_format=image_format, timeout=timeout or None, journal=book, result_files=downloads,
+                force_new=force_new_request))
             try:
                 while not batch.done():
                     if interrupted or comfy.interrupted():

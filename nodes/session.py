@@ -1,10 +1,13 @@
-"""A FalClient set up for ComfyUI: the key from the environment or the settings dialog's file,
-uploads remembered in the pack's state folder."""
+"""A FalClient set up for ComfyUI: the key from the environment or the settings dialog's file;
+uploads, the request journal and downloaded results kept in the pack's state folder."""
 
 from __future__ import annotations
 
+import os
+
 from ..fal_core.client import FalClient
 from ..fal_core.config import FalConfig
+from ..fal_core.journal import Journal, ResultFiles
 from ..fal_core.storage import UploadCache
 from . import comfy
 
@@ -19,3 +22,12 @@ def config() -> FalConfig:
 
 def open_client() -> FalClient:
     return FalClient(config(), upload_cache=UploadCache(comfy.state_dir() / "uploads.json"))
+
+
+def journal() -> Journal:
+    """The request journal: ``FAL_JOURNAL``, else ``journal.jsonl`` in the pack's state folder."""
+    return Journal(os.environ.get("FAL_JOURNAL") or comfy.state_dir() / "journal.jsonl")
+
+
+def result_files(journal: Journal) -> ResultFiles:
+    return ResultFiles(journal.path.parent / "results")

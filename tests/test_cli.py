@@ -10,11 +10,17 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from fal_emulator import expected_output
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(fal_emulator, tmp_path):
+    return {**fal_emulator.env(), "FAL_JOURNAL": str(tmp_path / "journal.jsonl")}
 
 
 def cli(*args, env=None, cwd=ROOT):
@@ -24,13 +30,13 @@ def cli(*args, env=None, cwd=ROOT):
                           capture_output=True, text=True, timeout=60)
 
 
-def test_img2img_writes_result_files_and_reports_progress(fal_emulator, tmp_path):
+def test_img2img_writes_result_files_and_reports_progress(fal_emulator, env, tmp_path):
     picture = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     source = tmp_path / "in.png"
     Image.fromarray(picture).save(source)
     out = cli("img2img", str(source), "--prompt", "a cat", "--num-images", "2", "--seed", "7",
               "--image-size", "96x64", "--no-enable-safety-checker", "-o", str(tmp_path / "out"),
-              env=fal_emulator.env())
+              env=env)
     assert out.returncode == 0, out.stderr
     paths = [Path(p) for p in out.stdout.split()]
     assert len(paths) == 2
@@ -51,40 +57,40 @@ def submit_directly(emulator, source: Path) -> str:
     return answer.json()["request_id"]
 
 
-def test_status_result_and_cancel_recover_a_request(fal_emulator, tmp_path):
+def test_status_result_and_cancel_recover_a_request(fal_emulator, env, tmp_path):
     fal_emulator.job_seconds = 30
     source = tmp_path / "in.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(source)
     rid = submit_directly(fal_emulator, source)
-    status = cli("status", rid, env=fal_emulator.env())
+    status = cli("status", rid, env=env)
     assert status.returncode == 0 and json.loads(status.stdout)["status"] in ("IN_QUEUE", "IN_PROGRESS")
-    cancelled = cli("cancel", rid, env=fal_emulator.env())
+    cancelled = cli("cancel", rid, env=env)
     assert cancelled.stdout.strip() == "cancellation requested"
     assert fal_emulator.count("cancel") == 1
 
     fal_emulator.job_seconds = 0.01
     done = submit_directly(fal_emulator, source)
     time.sleep(0.1)
-    result = cli("result", done, "-o", str(tmp_path / "rec"), env=fal_emulator.env())
+    result = cli("result", done, "-o", str(tmp_path / "rec"), env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["images"]
     saved = list((tmp_path / "rec").iterdir())
     assert len(saved) == 1 and np.array_equal(np.asarray(Image.open(saved[0])), np.full((16, 16, 3), 255, np.uint8))
 
 
-def test_upload_prints_urls(fal_emulator, tmp_path):
+def test_upload_prints_urls(fal_emulator, env, tmp_path):
     blob = tmp_path / "notes.txt"
     blob.write_text("hello")
-    out = cli("upload", str(blob), env=fal_emulator.env())
+    out = cli("upload", str(blob), env=env)
     assert out.returncode == 0, out.stderr
     assert fal_emulator.files[out.stdout.strip()][0] == b"hello"
 
 
-def test_bad_input_exits_2_without_network(fal_emulator, tmp_path):
+def test_bad_input_exits_2_without_network(fal_emulator, env, tmp_path):
     source = tmp_path / "in.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(source)
     out = cli("img2img", str(source), "--prompt", "x", "--strength", "2", "--num-images", "9",
-              env=fal_emulator.env())
+              env=env)
     assert out.returncode == 2
     assert "strength=2.0: must be between 0.01 and 1" in out.stderr and "num_images=9" in out.stderr
     assert fal_emulator.calls() == []
@@ -93,5 +99,6 @@ def test_bad_input_exits_2_without_network(fal_emulator, tmp_path):
 def test_missing_key_says_how_to_set_it(tmp_path):
     source = tmp_path / "in.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(source)
-    out = cli("img2img", str(source), "--prompt", "x", env={"FAL_QUEUE_URL": "http://127.0.0.1:9"})
+    out = cli("img2img", str(source), "--prompt", "x",
+              env={"FAL_QUEUE_URL": "http://127.0.0.1:9", "FAL_JOURNAL": str(tmp_path / "j.jsonl")})
     assert out.returncode == 2 and "FAL_KEY" in out.stderr

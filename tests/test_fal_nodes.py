@@ -124,7 +124,7 @@ def test_key_never_reaches_outputs_or_errors(fal_env, monkeypatch):
     assert fal_env.key not in response and "test-key-secret" not in response
     monkeypatch.setenv("FAL_KEY", "wrong-id:wrong-secret-value")
     with pytest.raises(AuthError) as info:
-        run(image=batch(picture()))
+        run(image=batch(picture()), seed=1)
     assert "wrong-secret-value" not in str(info.value) and "FAL_KEY" in str(info.value)
     assert "settings" in str(info.value)
 
@@ -138,7 +138,7 @@ def test_key_from_the_settings_file_when_env_is_unset(fal_env, monkeypatch):
     assert images.shape[0] == 1
     key_file.unlink()
     with pytest.raises(Exception, match="FAL_KEY.*settings"):
-        run(image=batch(picture()))
+        run(image=batch(picture()), seed=1)
 
 
 def test_nsfw_flags_are_passed_on_with_a_warning(fal_env, monkeypatch):
