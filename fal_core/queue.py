@@ -21,7 +21,7 @@ from .errors import (
     AppError, FalError, HTTPStatusError, RequestCancelled, RequestTimeout, ResponseError,
     SubmitUncertainError, TransportError, ValidationError,
 )
-from .retry import RetryPolicy
+from .retry import NO_RETRY, RetryPolicy
 from .sse import iter_data
 from .status import AppId, LogLine, RequestHandle, Status
 from .transport import Transport
@@ -171,10 +171,10 @@ class QueueClient:
             except httpx.TransportError as exc:
                 raise TransportError(f"{what} dropped: {type(exc).__name__}", url=handle.status_url) from None
 
-    async def result(self, handle: RequestHandle) -> Any:
+    async def result(self, handle: RequestHandle, *, retry: RetryPolicy | None = None) -> Any:
         what = f"result of request {handle.request_id}"
         try:
-            response = await self.transport.request("GET", handle.response_url, what=what)
+            response = await self.transport.request("GET", handle.response_url, what=what, retry=retry)
         except HTTPStatusError as exc:
             exc.request_id = exc.request_id or handle.request_id
             raise
@@ -307,7 +307,8 @@ class QueueClient:
     async def _failure(self, handle: RequestHandle, status: Status) -> Exception:
         """The error for a request that completed with an error, as detailed as fal allows."""
         try:
-            await self.result(handle)
+            # One look for fal's detailed error: the request has failed, retrying cannot help.
+            await self.result(handle, retry=NO_RETRY)
         except ValidationError as exc:
             return exc
         except (HTTPStatusError, TransportError, ResponseError):

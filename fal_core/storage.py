@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import AuthError, HTTPStatusError, ResponseError, TransportError
 from .images import to_data_uri
+from .retry import RetryPolicy
 from .transport import Transport
 
 # fal's docs warn that data URIs slow large requests. Up to this size inlining saves the upload's
@@ -30,6 +31,8 @@ INLINE_LIMIT = 1024 * 1024
 MULTIPART_THRESHOLD = 100 * 1024 * 1024
 MULTIPART_CHUNK = 10 * 1024 * 1024
 MULTIPART_CONCURRENCY = 4
+# The CDN path gets two tries: past them the fallback path is a better bet than more waiting.
+CDN_RETRY = RetryPolicy(attempts=2, base=0.25, cap=1.0)
 # Refresh the CDN token this long before fal says it expires.
 TOKEN_MARGIN = 60.0
 UPLOAD_TTL = 24 * 3600.0
@@ -165,7 +168,7 @@ class Storage:
         token = await self._cdn_token()
         response = await self.transport.request(
             "POST", f"{self.transport.config.cdn_url}/files/upload", what=f"upload of {name}", content=data,
-            headers={"Authorization": token.header, "Content-Type": content_type, "X-Fal-File-Name": name})
+            retry=CDN_RETRY, headers={"Authorization": token.header, "Content-Type": content_type, "X-Fal-File-Name": name})
         return _field(response.content, "access_url", f"upload of {name}")
 
     async def _upload_multipart(self, data: bytes, content_type: str, name: str) -> str:
