@@ -6,6 +6,10 @@ top-level ``nodes`` module.
 """
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from .nodes.routes import register as _register_routes
+
+# The settings dialog's /fal/key route; ComfyUI's server exists by the time packs are imported.
+_register_routes()
 
 WEB_DIRECTORY = "./web"
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
-from ..fal_core.errors import FalError
 from . import comfy
 from .inputs import schema_input
 from .size_preset import IMAGE_SIZE_TYPE
@@ -137,12 +136,12 @@ class FalSD3Img2Img:
         downloads = result_files(book)
         # Pruned here rather than at start-up: the pack's import must stay free of disk work.
         await asyncio.to_thread(lambda: (book.prune(), downloads.prune()))
-        async with open_client() as fal:
-            batch = asyncio.ensure_future(img2img_batch(
-                fal, sources, params, concurrency=DEFAULT_CONCURRENCY, on_update=on_update,
-                image_format=image_format, timeout=timeout or None, journal=book, result_files=downloads,
-                force_new=force_new_request))
-            try:
+        try:
+            async with open_client() as fal:
+                batch = asyncio.ensure_future(img2img_batch(
+                    fal, sources, params, concurrency=DEFAULT_CONCURRENCY, on_update=on_update,
+                    image_format=image_format, timeout=timeout or None, journal=book, result_files=downloads,
+                    force_new=force_new_request))
                 while not batch.done():
                     if interrupted or comfy.interrupted():
                         batch.cancel()
@@ -152,11 +151,13 @@ class FalSD3Img2Img:
                         raise comfy.interrupt_exception()
                     await asyncio.wait([batch], timeout=INTERRUPT_POLL)
                 results = batch.result()
-            except FalError as exc:
+            outputs = self._outputs(results, seed)
+        except Exception as exc:
+            # Every way out ends the status the front end draws, not only fal's own errors.
+            if not status.finished:
                 status.finish("failed", str(exc))
                 show()
-                raise
-        outputs = self._outputs(results, seed)
+            raise
         flagged = [i for i, flag in enumerate(outputs[2]) if flag]
         if flagged:
             status.warning = (f"fal flagged image {', '.join(str(i) for i in flagged)} as NSFW; "

@@ -88,6 +88,31 @@ def test_results_of_different_sizes_are_a_clear_error(fal_env):
         run(image_url=urls + "\n" + other)
 
 
+def test_the_last_event_ends_the_run_on_any_error_and_on_cancel(fal_env, monkeypatch):
+    shown = _fake_comfyui(monkeypatch)
+    (urls,) = asyncio.run(FalUploadImage().upload(batch(picture(40, 48)), "png"))
+    (other,) = asyncio.run(FalUploadImage().upload(batch(picture(64, 64)), "png"))
+    with pytest.raises(ValueError):
+        run(image_url=urls + "\n" + other, unique_id="5")
+    last = shown["events"][-1]
+    assert last["finished"] is True and "64x64" in last["error"]
+    monkeypatch.setenv("FAL_KEY", "wrong-id:wrong-secret-value")
+    with pytest.raises(AuthError):
+        run(image=batch(picture()), unique_id="5")
+    last = shown["events"][-1]
+    assert last["finished"] is True and last["items"][0]["phase"] == "failed"
+    assert "wrong-secret-value" not in json.dumps(shown["events"])
+    monkeypatch.setenv("FAL_KEY", fal_env.key)
+    fal_env.job_seconds = 30
+    flag = threading.Event()
+    monkeypatch.setattr(comfy, "interrupted", flag.is_set)
+    threading.Timer(0.3, flag.set).start()
+    with pytest.raises(comfy.Interrupted):
+        run(image=batch(picture()), unique_id="5", seed=3)
+    last = shown["events"][-1]
+    assert last["finished"] is True and last["error"] is None and last["items"][0]["phase"] == "cancelled"
+
+
 @pytest.mark.parametrize("image, url, message", [
     (None, "", "no picture to transform"),
     ("tensor", "https://x/y.png", "both image and image_url"),

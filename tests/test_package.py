@@ -14,7 +14,7 @@ module = importlib.util.module_from_spec(spec)
 sys.modules["some_pack_name"] = module
 spec.loader.exec_module(module)
 print(sorted(module.NODE_CLASS_MAPPINGS), module.WEB_DIRECTORY)
-print(sorted(m for m in ("httpx", "diffusers", "transformers", "nodes", "fal_core") if m in sys.modules))
+print(sorted(m for m in ("httpx", "aiohttp", "diffusers", "transformers", "nodes", "fal_core") if m in sys.modules))
 """
 
 
