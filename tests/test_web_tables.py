@@ -1,0 +1,39 @@
+"""The front end's copies of Python tables stay equal to them (web/lib cannot import Python)."""
+
+import re
+from pathlib import Path
+
+from comfyui_fal_sd3.fal_core.schema import IMAGE_SIZE_PRESETS
+from comfyui_fal_sd3.nodes import size_preset, status_view
+
+WEB_LIB = Path(__file__).resolve().parents[1] / "web" / "lib"
+
+
+def js_object(file: str, name: str) -> str:
+    """The text between the braces of ``name = {`` or ``name = Object.freeze({`` in ``file``."""
+    text = (WEB_LIB / file).read_text(encoding="utf-8")
+    match = re.search(rf"\b{name} = (?:Object\.freeze\()?\{{(.*?)\}}", text, re.S)
+    assert match, f"{name} not found in web/lib/{file}"
+    return match.group(1)
+
+
+def js_string(file: str, name: str) -> str:
+    match = re.search(rf'\b{name} = "([^"]*)";', (WEB_LIB / file).read_text(encoding="utf-8"))
+    assert match, f"{name} not found in web/lib/{file}"
+    return match.group(1)
+
+
+def test_preset_sizes_match_the_schema():
+    body = js_object("size_preset.js", "PRESET_SIZES")
+    table = {name: (int(w), int(h)) for name, w, h in re.findall(r"(\w+): \[(\d+), (\d+)\]", body)}
+    assert table == IMAGE_SIZE_PRESETS
+
+
+def test_preset_choices_outside_the_table_match_the_node():
+    assert js_string("size_preset.js", "MATCH_INPUT") == size_preset.MATCH_INPUT
+    assert js_string("size_preset.js", "CUSTOM") == size_preset.CUSTOM
+
+
+def test_phase_labels_match_the_progress_text():
+    body = js_object("status_lines.js", "LABELS")
+    assert dict(re.findall(r'(\w+): "([^"]*)"', body)) == status_view._LABELS
