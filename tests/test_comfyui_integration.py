@@ -6,32 +6,20 @@ runs it (its own virtual environment, with torchvision); by default the one runn
 
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from comfyui_server import EXAMPLES, example_picture, queue_prompt, requires_comfyui, running_comfyui, wait_history
 from fal_emulator import FalEmulator, expected_output
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run")
+pytestmark = requires_comfyui
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "example_workflows" / "api"
+API_EXAMPLES = EXAMPLES / "api"
 KEY = "integration-id:integration-secret-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,55 +32,9 @@ def emulator():
 def comfyui(emulator, tmp_path_factory):
     """ComfyUI started with the pack linked into custom_nodes and fal pointed at the emulator."""
     base = tmp_path_factory.mktemp("comfyui")
-    for folder in ("custom_nodes", "input", "output", "user", "models"):
-        (base / folder).mkdir()
-    (base / "custom_nodes" / "comfyui-fal-sd3").symlink_to(ROOT, target_is_directory=True)
-    picture = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-    Image.fromarray(picture).save(base / "input" / "example.png")
-    port = free_port()
     env = {**os.environ, **emulator.env(), "FAL_SD3_STATE_DIR": str(base / "state")}
-    log = open(base / "comfyui.log", "w")
-    process = subprocess.Popen(
-        [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-         "--port", str(port), "--base-directory", str(base), "--disable-auto-launch"],
-        cwd=COMFYUI_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(url + "/system_stats", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("ComfyUI did not start:\n" + (base / "comfyui.log").read_text()[-3000:])
-        time.sleep(0.5)
-    yield {"url": url, "base": base, "picture": picture, "process": process}
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-
-
-def queue_prompt(url: str, prompt: dict) -> str:
-    answer = httpx.post(url + "/prompt", json={"prompt": prompt, "client_id": "tests"}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    return answer.json()["prompt_id"]
-
-
-def wait_history(url: str, prompt_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        history = httpx.get(f"{url}/history/{prompt_id}", timeout=10).json()
-        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-            entry = history[prompt_id]
-            if entry["status"]["status_str"] in ("success", "error"):
-                return entry
-        time.sleep(0.2)
-    pytest.fail(f"prompt {prompt_id} did not finish in {timeout} s")
+    with running_comfyui(base, env) as url:
+        yield {"url": url, "base": base, "picture": example_picture()}
 
 
 def test_pack_loads_and_lists_its_nodes(comfyui):
@@ -108,7 +50,7 @@ def test_pack_loads_and_lists_its_nodes(comfyui):
                                            ("sd3_img2img_fal_upload.json", None)])
 def test_api_example_runs_headless_and_saves_the_image(comfyui, emulator, example, size):
     submits = emulator.count("submit")
-    prompt = json.loads((EXAMPLES / example).read_text())
+    prompt = json.loads((API_EXAMPLES / example).read_text())
     entry = wait_history(comfyui["url"], queue_prompt(comfyui["url"], prompt))
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
     saved = [img for out in entry["outputs"].values() for img in out.get("images", [])]
@@ -123,7 +65,7 @@ def test_api_example_runs_headless_and_saves_the_image(comfyui, emulator, exampl
 def test_interrupt_cancels_the_request_at_fal(comfyui, emulator):
     emulator.job_seconds = 30
     try:
-        prompt = json.loads((EXAMPLES / "sd3_img2img_fal.json").read_text())
+        prompt = json.loads((API_EXAMPLES / "sd3_img2img_fal.json").read_text())
         prompt["3"]["inputs"]["seed"] = 777  # a new input, so ComfyUI's cache does not answer
         cancels = emulator.count("cancel")
         prompt_id = queue_prompt(comfyui["url"], prompt)
