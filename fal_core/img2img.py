@@ -176,11 +176,6 @@ def _clock(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
-def seed_for_item(seed: int | None, index: int) -> int | None:
-    """Item ``index`` of a batch uses ``seed + index`` (wrapping inside fal's seed range)."""
-    return None if seed is None else (seed + index) % (schema.SEED_MAX + 1)
-
-
 async def img2img_batch(
     client: FalClient,
     images: Sequence[ImageInput],
@@ -195,7 +190,7 @@ async def img2img_batch(
     Every item is validated before the first is sent. When one item fails, the others are
     cancelled (at fal too) and the first failure is raised.
     """
-    items = [dict(params, seed=seed_for_item(params.get("seed"), i)) for i in range(len(images))]
+    items = [dict(params, seed=schema.seed_for_item(params.get("seed"), i)) for i in range(len(images))]
     for item, image in zip(items, images):
         check_params(item, image)
     limit = asyncio.Semaphore(max(1, concurrency))

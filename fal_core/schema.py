@@ -34,6 +34,13 @@ MAX_SIDE = 3072
 SEED_MAX = 2**32 - 1  # fal documents no seed range; SD3 pipelines seed 32-bit generators.
 
 
+
+def seed_for_item(seed: int | None, index: int) -> int | None:
+    """Item ``index`` of a batch uses ``seed + index`` (wrapping inside the seed range), so a batch
+    is not B copies of one picture; the local node follows the same rule."""
+    return None if seed is None else (seed + index) % (SEED_MAX + 1)
+
+
 @dataclass(frozen=True)
 class Field:
     """One input field: its JSON type, default and range as the front ends show them."""

@@ -107,3 +107,17 @@ def model_folders(kind: str) -> list[Path]:
         return [Path(p) for p in folder_paths.get_folder_paths(kind)]
     except KeyError:
         return []
+
+
+def torch_device():
+    """The device ComfyUI runs models on (honours --cpu and its GPU choice), or None outside it."""
+    mm = _module("comfy.model_management")
+    return mm.get_torch_device() if mm is not None else None
+
+
+def free_models() -> None:
+    """Unload ComfyUI's models and empty its cache, before a pipeline it does not manage loads."""
+    mm = _module("comfy.model_management")
+    if mm is not None:
+        mm.unload_all_models()
+        mm.soft_empty_cache()

@@ -56,3 +56,29 @@ def _channels(arr: np.ndarray, channels: int) -> np.ndarray:
     if have == 3 and channels == 4:
         return np.concatenate([arr, np.full(arr.shape[:2] + (1,), 255, np.uint8)], axis=2)
     return arr
+
+
+def multiple_of_16(side: int) -> int:
+    """The nearest multiple of 16 (SD3's latent patch grid), at least 16."""
+    return max(16, int(round(side / 16)) * 16)
+
+
+def fit(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """An IMAGE batch (B,H,W,C) scaled to cover ``width`` x ``height`` and center-cropped to it, as
+    the (B,3,height,width) tensor in 0..1 that diffusers' pipelines take."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"image: expected an IMAGE batch shaped (B,H,W,C) with C 1, 3 or 4, got {tuple(images.shape)}; "
+            "connect an IMAGE output such as Load Image."
+        )
+    pixels = images[..., :3] if images.shape[-1] != 1 else images.expand(-1, -1, -1, 3)
+    pixels = pixels.permute(0, 3, 1, 2).to(torch.float32)
+    h, w = pixels.shape[-2:]
+    if (h, w) == (height, width):
+        return pixels.contiguous()
+    scale = max(width / w, height / h)
+    scaled_h, scaled_w = max(height, round(h * scale)), max(width, round(w * scale))
+    pixels = torch.nn.functional.interpolate(pixels, size=(scaled_h, scaled_w), mode="bicubic",
+                                             align_corners=False, antialias=True)
+    top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
+    return pixels[:, :, top:top + height, left:left + width].clamp(0, 1).contiguous()

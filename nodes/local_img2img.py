@@ -1,0 +1,150 @@
+"""SD3 Img2Img (local diffusers): the fal node's job on the user's own GPU.
+
+Inputs carry the fal node's names, defaults and ranges (from fal_core's schema), so a graph
+switches between remote and local by swapping one node. What only fal does (prompt expansion,
+the NSFW checker) is absent here rather than imitated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..fal_core import schema
+from . import comfy
+from .inputs import schema_input
+from .local_models import CUSTOM_PATH, choices, resolve
+from .local_pipeline import DEVICES, DTYPES, OFFLOADS, T5_MODES, LoadOptions, PipelineCache
+from .size_preset import IMAGE_SIZE_TYPE
+from .tensors import fit, multiple_of_16
+
+
+def target_size(images: torch.Tensor, image_size: schema.ImageSize | None) -> tuple[int, int]:
+    """(width, height) of the output: the Size node's choice, else the input's; multiples of 16."""
+    if image_size is not None:
+        width, height = image_size.dimensions
+    else:
+        height, width = images.shape[1], images.shape[2]
+    return multiple_of_16(width), multiple_of_16(height)
+
+
+class DiffusersSD3Img2Img:
+    DESCRIPTION = (
+        "Stable Diffusion 3 image-to-image on this machine with diffusers, offline. Same inputs as "
+        "SD3 Img2Img (fal). Needs SD3 weights in models/diffusers or models/checkpoints, and the "
+        "pack's [local] extra (diffusers, transformers). No NSFW check runs here."
+    )
+    CATEGORY = "fal/SD3"
+    RETURN_TYPES = ("IMAGE", "INT")
+    RETURN_NAMES = ("images", "seed")
+    OUTPUT_TOOLTIPS = (
+        "Every result, in input order (num_images per input picture).",
+        "The seed of the first picture (picture i used seed + i).",
+    )
+    FUNCTION = "run"
+
+    def __init__(self) -> None:
+        self.cache = PipelineCache()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (choices(), {"tooltip": (
+                    "SD3 diffusers folders in models/diffusers and SD3 checkpoints in models/checkpoints; "
+                    f"'{CUSTOM_PATH}' uses model_path.")}),
+                "image": ("IMAGE", {"tooltip": "The picture(s) to transform; a batch runs picture by picture."}),
+                "prompt": schema_input("prompt"),
+                "negative_prompt": schema_input("negative_prompt"),
+                "num_inference_steps": schema_input("num_inference_steps"),
+                "seed": schema_input("seed", default=0, control_after_generate=True),
+                "guidance_scale": schema_input("guidance_scale"),
+                "num_images": schema_input("num_images"),
+                "strength": schema_input("strength"),
+            },
+            "optional": {
+                "image_size": (IMAGE_SIZE_TYPE, {"tooltip": (
+                    "From SD3 Image Size; the input is scaled and center-cropped to it. Unconnected keeps the "
+                    "input's size, rounded to a multiple of 16.")}),
+                "model_path": ("STRING", {"default": "", "tooltip": (
+                    "A diffusers folder or .safetensors checkpoint anywhere on disk; wins over model when set.")}),
+                "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: ComfyUI's device, else cuda, mps, cpu."}),
+                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on a GPU, fp32 on the CPU."}),
+                "t5": (list(T5_MODES), {"default": "auto", "tooltip": (
+                    "The T5-XXL text encoder: off saves ~9.5 GB in fp16 at some cost in prompt following; "
+                    "auto uses it when the model has it.")}),
+                "offload": (list(OFFLOADS), {"default": "none", "tooltip": (
+                    "GPU memory savers: model keeps one component on the GPU at a time; sequential, one layer "
+                    "(least memory, slowest).")}),
+                "config_path": ("STRING", {"default": "", "tooltip": (
+                    "For a single-file checkpoint other than SD3 medium, or outside ComfyUI: a folder in "
+                    "diffusers' layout with the configs and tokenizers (no weights).")}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def run(self, model, image, prompt, negative_prompt, num_inference_steps, seed, guidance_scale, num_images,
+            strength, image_size=None, model_path="", device="auto", dtype="auto", t5="auto", offload="none",
+            config_path="", unique_id=None):
+        params = schema.validate({
+            "image_url": "<image>", "prompt": prompt, "negative_prompt": negative_prompt,
+            "num_inference_steps": num_inference_steps, "seed": seed, "guidance_scale": guidance_scale,
+            "num_images": num_images, "strength": strength,
+        })
+        width, height = target_size(image, image_size)
+        pixels = fit(image, width, height)
+        source = resolve(model, model_path)
+        pipe = self.cache.get(source, LoadOptions(device, dtype, t5, offload, config_path))
+        with torch.inference_mode():
+            results = self.generate(pipe, pixels, params, unique_id)
+        return (torch.cat(results), params["seed"])
+
+    def generate(self, pipe, pixels: torch.Tensor, params: dict[str, Any], node_id: str | None) -> list[torch.Tensor]:
+        """Run every picture of the batch, seed + i for picture i, with progress and interrupt per step."""
+        count = pixels.shape[0]
+        bar = comfy.Progress(count * params["num_inference_steps"], node_id)
+        guided = params["guidance_scale"] > 1
+        # Encoded once for the whole batch: with T5 on, encoding costs as much as a few steps.
+        embeds = pipe.encode_prompt(
+            prompt=params["prompt"], prompt_2=None, prompt_3=None, negative_prompt=params["negative_prompt"],
+            device=pipe._execution_device, num_images_per_prompt=params["num_images"],
+            do_classifier_free_guidance=guided,
+        )
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        embeddings = {name: value for name, value in zip(names, embeds) if value is not None}
+        results = []
+        for index in range(count):
+            if comfy.interrupted():
+                raise comfy.interrupt_exception()
+            item_seed = schema.seed_for_item(params["seed"], index)
+            results.append(self._one(pipe, pixels[index:index + 1], params, embeddings, item_seed,
+                                     lambda step, steps, i=index: self._step(bar, i, count, step, steps)))
+        return results
+
+    @staticmethod
+    def _one(pipe, pixels, params, embeddings, seed, on_step) -> torch.Tensor:
+        def callback(pipeline, step, timestep, tensors):
+            on_step(step + 1, pipeline.num_timesteps)
+            return tensors
+
+        out = pipe(
+            image=pixels, height=pixels.shape[-2], width=pixels.shape[-1], strength=params["strength"],
+            num_inference_steps=params["num_inference_steps"], guidance_scale=params["guidance_scale"],
+            # The embeddings already hold num_images rows, so the pipeline makes one image per row.
+            num_images_per_prompt=1,
+            # A CPU generator gives the same noise whatever device runs the model.
+            generator=torch.Generator("cpu").manual_seed(seed), output_type="pt",
+            callback_on_step_end=callback, **embeddings,
+        ).images
+        return out.permute(0, 2, 3, 1).to("cpu", torch.float32).clamp(0, 1)
+
+    @staticmethod
+    def _step(bar: comfy.Progress, index: int, count: int, step: int, steps: int) -> None:
+        # ComfyUI's progress hook raises its interrupt exception itself; outside it (and as a
+        # second guard) the flag is checked here. Raising from the step callback also skips the VAE
+        # decode of half-denoised latents.
+        bar.update(index * steps + step, count * steps)
+        bar.text(f"local SD3 · picture {index + 1}/{count} · step {step}/{steps}")
+        if comfy.interrupted():
+            raise comfy.interrupt_exception()

@@ -1,0 +1,350 @@
+"""SD3 Img2Img (local diffusers) on a tiny random-weight SD3 built offline, on the CPU."""
+
+import json
+import struct
+import sys
+
+import pytest
+import torch
+
+from comfyui_fal_sd3.nodes import comfy, local_models, single_file
+from comfyui_fal_sd3.nodes.local_img2img import DiffusersSD3Img2Img
+from comfyui_fal_sd3.nodes.local_models import CUSTOM_PATH, LocalModelError
+from comfyui_fal_sd3.nodes.local_pipeline import LoadOptions, load, place
+from comfyui_fal_sd3.fal_core.schema import ImageSize
+
+PROMPT = "a red cat"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    import tiny_sd3
+
+    return tiny_sd3.save(tmp_path_factory.mktemp("models") / "tiny-sd3")
+
+
+@pytest.fixture
+def node():
+    return DiffusersSD3Img2Img()
+
+
+def picture(batch=1, height=64, width=96, seed=0):
+    return torch.rand(batch, height, width, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def run(node, model, image=None, **overrides):
+    args = dict(prompt=PROMPT, negative_prompt="", num_inference_steps=4, seed=7, guidance_scale=5.0,
+                num_images=1, strength=0.75, model_path=str(model))
+    args.update(overrides)
+    return node.run(CUSTOM_PATH, picture() if image is None else image, **args)
+
+
+class StepCounter:
+    """Counts the transformer's forward passes (one per denoising step) and the VAE decodes."""
+
+    def __init__(self, pipe):
+        self.steps = 0
+        self.decodes = 0
+        self._hooks = [pipe.transformer.register_forward_hook(self._step),
+                       pipe.vae.decoder.register_forward_hook(self._decode)]
+
+    def _step(self, *_):
+        self.steps += 1
+
+    def _decode(self, *_):
+        self.decodes += 1
+
+    def remove(self):
+        for hook in self._hooks:
+            hook.remove()
+
+
+def counted(node, tiny_model):
+    run(node, tiny_model, num_inference_steps=1)
+    return StepCounter(node.cache._pipe)
+
+
+def test_output_is_an_image_batch_in_input_order(node, tiny_model):
+    images, seed = run(node, tiny_model, image=picture(batch=2, height=70, width=100), num_images=2)
+    # 70x100 rounds to the nearest multiples of 16; 2 pictures x 2 images each.
+    assert images.shape == (4, 64, 96, 3)
+    assert images.dtype == torch.float32
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert seed == 7
+
+
+def test_image_size_scales_and_crops_to_the_target(node, tiny_model):
+    images, _ = run(node, tiny_model, image=picture(height=80, width=80), image_size=ImageSize(width=128, height=64))
+    assert images.shape == (1, 64, 128, 3)
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(node, tiny_model):
+    first, _ = run(node, tiny_model, seed=11)
+    again, _ = run(DiffusersSD3Img2Img(), tiny_model, seed=11)
+    other, _ = run(node, tiny_model, seed=12)
+    assert torch.equal(first, again)
+    assert (first - other).abs().max() > 1e-3
+
+
+def test_batch_item_i_uses_seed_plus_i(node, tiny_model):
+    pictures = picture(batch=2)
+    batch, _ = run(node, tiny_model, image=pictures, seed=20)
+    second_alone, _ = run(node, tiny_model, image=pictures[1:], seed=21)
+    assert torch.allclose(batch[1:], second_alone, atol=1e-5)
+    assert (batch[0] - batch[1]).abs().max() > 1e-3
+
+
+def test_strength_sets_how_many_steps_run(node, tiny_model):
+    counter = counted(node, tiny_model)
+    try:
+        for strength, expected in ((1.0, 10), (0.5, 5), (0.25, 3)):
+            counter.steps = 0
+            run(node, tiny_model, num_inference_steps=10, strength=strength)
+            assert counter.steps == expected, strength
+    finally:
+        counter.remove()
+
+
+def test_interrupt_stops_within_one_step_and_skips_the_decode(node, tiny_model, monkeypatch):
+    counter = counted(node, tiny_model)
+    counter.steps = counter.decodes = 0
+    monkeypatch.setattr(comfy, "interrupted", lambda: counter.steps >= 2)
+    try:
+        with pytest.raises(comfy.Interrupted):
+            run(node, tiny_model, num_inference_steps=20, strength=1.0)
+    finally:
+        counter.remove()
+    assert counter.steps == 2
+    assert counter.decodes == 0
+
+
+def test_the_pipeline_is_loaded_once_and_reloaded_when_options_change(node, tiny_model):
+    run(node, tiny_model)
+    run(node, tiny_model, seed=99)
+    assert node.cache.loads == 1
+    run(node, tiny_model, t5="off")
+    assert node.cache.loads == 2
+    assert node.cache._pipe.text_encoder_3 is None
+
+
+def test_t5_off_still_generates(node, tiny_model):
+    images, _ = run(node, tiny_model, t5="off")
+    assert images.shape == (1, 64, 96, 3)
+
+
+def test_model_menu_lists_sd3_folders_and_checkpoints_only(tiny_model, tmp_path, monkeypatch):
+    diffusers_dir, checkpoints = tmp_path / "diffusers", tmp_path / "checkpoints"
+    diffusers_dir.mkdir()
+    (diffusers_dir / "tiny").symlink_to(tiny_model, target_is_directory=True)
+    (diffusers_dir / "not-a-model").mkdir()
+    write_checkpoint(checkpoints / "sd3" / "sd3_medium_incl_clips.safetensors", SD3_KEYS)
+    write_checkpoint(checkpoints / "sdxl.safetensors", SDXL_KEYS)
+    monkeypatch.setattr(comfy, "model_folders", lambda kind: [tmp_path / kind])
+    assert local_models.choices() == ["diffusers/tiny", "checkpoints/sd3/sd3_medium_incl_clips.safetensors",
+                                      CUSTOM_PATH]
+    images, _ = DiffusersSD3Img2Img().run("diffusers/tiny", picture(), PROMPT, "", 2, 1, 5.0, 1, 1.0)
+    assert images.shape == (1, 64, 96, 3)
+
+
+# --- what a user gets wrong, each with a clear message -------------------------------------
+
+# The names of SD3 medium's 24 joint blocks and its CLIP encoders (T5 left out, as in
+# sd3_medium_incl_clips.safetensors).
+SD3_KEYS = [
+    *(f"model.diffusion_model.joint_blocks.{i}.context_block.adaLN_modulation.1.bias" for i in range(24)),
+    local_models._CLIP_L,
+    local_models._CLIP_G,
+]
+SDXL_KEYS = ["conditioner.embedders.1.model.positional_embedding", "model.diffusion_model.input_blocks.0.0.weight"]
+
+
+def write_checkpoint(path, keys):
+    """A safetensors file with the given tensor names (tiny tensors: only the header matters)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {key: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, key in enumerate(keys)}
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(4 * len(keys)))
+    return path
+
+
+def error_of(node, model_path, model=CUSTOM_PATH, **overrides):
+    with pytest.raises(LocalModelError) as info:
+        args = dict(prompt=PROMPT, negative_prompt="", num_inference_steps=2, seed=1, guidance_scale=5.0,
+                    num_images=1, strength=0.5, model_path=str(model_path))
+        args.update(overrides)
+        node.run(model, picture(), **args)
+    return str(info.value)
+
+
+def test_missing_model_path(node, tmp_path):
+    message = error_of(node, tmp_path / "nowhere")
+    assert "model_path" in message and "does not exist" in message and str(tmp_path / "nowhere") in message
+
+
+def test_custom_path_without_a_path(node):
+    assert "model_path: empty" in error_of(node, "")
+
+
+def test_model_not_in_comfyui_folders(node, tmp_path, monkeypatch):
+    monkeypatch.setattr(comfy, "model_folders", lambda kind: [tmp_path / kind])
+    message = error_of(node, "", model="diffusers/sd3-medium")
+    assert "'diffusers/sd3-medium' was not found" in message and str(tmp_path / "diffusers") in message
+
+
+def test_folder_without_model_index(node, tmp_path):
+    message = error_of(node, tmp_path)
+    assert "not a diffusers model folder" in message and "model_index.json" in message
+
+
+def test_folder_of_another_model(node, tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    assert "holds a StableDiffusionXLPipeline model, not Stable Diffusion 3" in error_of(node, tmp_path)
+
+
+def test_incomplete_download_names_the_missing_folders(node, tiny_model, tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "model_index.json").write_bytes((tiny_model / "model_index.json").read_bytes())
+    (partial / "vae").symlink_to(tiny_model / "vae", target_is_directory=True)
+    message = error_of(node, partial)
+    assert "transformer/" in message and "text_encoder/" in message and "vae/" not in message
+
+
+def test_non_sd3_checkpoint(node, tmp_path):
+    message = error_of(node, write_checkpoint(tmp_path / "juggernaut.safetensors", SDXL_KEYS))
+    assert "not a Stable Diffusion 3 checkpoint" in message and "SDXL" in message
+
+
+def test_sd3_checkpoint_without_clips(node, tmp_path):
+    message = error_of(node, write_checkpoint(tmp_path / "sd3_medium.safetensors", SD3_KEYS[:24]))
+    assert "not its CLIP text encoders" in message and "incl_clips" in message
+
+
+def test_pickled_checkpoint_is_refused(node, tmp_path):
+    (tmp_path / "model.ckpt").write_bytes(b"not loaded")
+    assert "safetensors format only" in error_of(node, tmp_path / "model.ckpt")
+
+
+def test_corrupt_checkpoint(node, tmp_path):
+    (tmp_path / "broken.safetensors").write_bytes(b"\xff" * 16)
+    assert "not a readable safetensors file" in error_of(node, tmp_path / "broken.safetensors")
+
+
+def test_t5_on_for_a_model_without_t5(node, tmp_path):
+    message = error_of(node, write_checkpoint(tmp_path / "sd3_medium_incl_clips.safetensors", SD3_KEYS), t5="on")
+    assert "t5: 'on'" in message and "no T5 text encoder" in message
+
+
+def test_offload_needs_a_gpu(node, tiny_model):
+    assert "set offload to none" in error_of(node, tiny_model, device="cpu", offload="model")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device(node, tiny_model):
+    assert "device: 'cuda' is not available" in error_of(node, tiny_model, device="cuda")
+
+
+def test_missing_diffusers_gives_the_install_command(node, tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    message = error_of(node, model)
+    assert "needs diffusers and transformers" in message and "pip install" in message and "[local]" in message
+
+
+def test_bad_field_values_are_refused_before_loading(node, tiny_model):
+    with pytest.raises(ValueError) as info:
+        run(node, tiny_model, strength=1.5, num_inference_steps=0)
+    assert "strength" in str(info.value) and "num_inference_steps" in str(info.value)
+    assert node.cache.loads == 0
+
+
+def test_a_load_failure_inside_diffusers_is_reported_plainly(tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for part in tiny_model.iterdir():
+        target = broken / part.name
+        target.symlink_to(part, target_is_directory=part.is_dir())
+    (broken / "transformer").unlink()
+    (broken / "transformer").mkdir()
+    (broken / "transformer" / "config.json").write_bytes((tiny_model / "transformer" / "config.json").read_bytes())
+    source = local_models.resolve(CUSTOM_PATH, str(broken))
+    with pytest.raises(LocalModelError) as info:
+        load(source, LoadOptions(device="cpu"))
+    assert f"model: {str(broken)!r} could not be loaded as SD3" in str(info.value)
+
+
+# --- single-file checkpoints: what they need beside their weights -------------------------
+
+def test_single_file_outside_comfyui_asks_for_a_config_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(single_file, "comfy_tokenizers", lambda: None)
+    source = local_models.inspect(write_checkpoint(tmp_path / "sd3.safetensors", SD3_KEYS), "model_path")
+    with pytest.raises(LocalModelError) as info:
+        single_file.resolve(source, use_t5=False)
+    assert "set config_path" in str(info.value)
+
+
+def test_single_file_config_folder_lists_every_missing_file(tmp_path):
+    source = local_models.inspect(write_checkpoint(tmp_path / "sd3.safetensors", SD3_KEYS), "model_path")
+    config = tmp_path / "config"
+    (config / "tokenizer").mkdir(parents=True)
+    (config / "tokenizer" / "vocab.json").write_text("{}")
+    with pytest.raises(LocalModelError) as info:
+        single_file.resolve(source, use_t5=True, config_path=str(config))
+    message = str(info.value)
+    for name in ("model_index.json", "transformer/config.json", "tokenizer/merges.txt", "tokenizer_3/tokenizer.json"):
+        assert str(config / name) in message
+    assert "tokenizer/vocab.json" not in message
+
+
+def test_single_file_uses_comfyuis_tokenizers_and_shipped_configs(tmp_path, monkeypatch):
+    clip, t5 = tmp_path / "sd1_tokenizer", tmp_path / "t5_tokenizer"
+    for folder, names in ((clip, single_file.CLIP_TOKENIZER), (t5, (single_file.T5_TOKENIZER,))):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text("{}")
+    monkeypatch.setattr(single_file, "comfy_tokenizers", lambda: (clip, t5))
+    source = local_models.inspect(write_checkpoint(tmp_path / "sd3.safetensors", SD3_KEYS), "model_path")
+    config = single_file.resolve(source, use_t5=True)
+    assert config.folder == single_file.SHIPPED
+    assert config.tokenizers == single_file.Tokenizers(clip, t5)
+
+
+def test_sd35_checkpoint_needs_its_own_configs(tmp_path):
+    keys = SD3_KEYS + [local_models._DUAL_ATTENTION]
+    source = local_models.inspect(write_checkpoint(tmp_path / "sd3.5_medium.safetensors", keys), "model_path")
+    with pytest.raises(LocalModelError) as info:
+        single_file.resolve(source, use_t5=False)
+    assert "not SD3 medium" in str(info.value)
+
+
+def test_shipped_configs_describe_sd3_medium():
+    """Built on the meta device (no memory), the shipped configs give SD3 medium's published sizes."""
+    pytest.importorskip("diffusers")
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    folder = single_file.SHIPPED
+
+    def billions(model):
+        return sum(p.numel() for p in model.parameters()) / 1e9
+
+    with torch.device("meta"):
+        transformer = SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(folder / "transformer"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
+        clip_l = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+        t5 = T5EncoderModel(T5Config.from_pretrained(folder / "text_encoder_3"))
+    assert billions(transformer) == pytest.approx(2.03, abs=0.01)
+    assert billions(vae) == pytest.approx(0.084, abs=0.001)
+    assert billions(clip_l) == pytest.approx(0.124, abs=0.001)
+    assert billions(clip_g) == pytest.approx(0.695, abs=0.001)
+    assert billions(t5) == pytest.approx(4.76, abs=0.01)
+
+
+def test_placement_on_the_cpu_is_fp32(tmp_path):
+    source = local_models.ModelSource(tmp_path, local_models.FOLDER, has_t5=False)
+    placement = place(source, LoadOptions(device="cpu"))
+    assert (placement.device.type, placement.dtype, placement.use_t5) == ("cpu", torch.float32, False)
