@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_fal_sd3.nodes import NODE_CLASS_MAPPINGS
+from comfyui_fal_sd3.nodes import NODE_CLASS_MAPPINGS, comfy
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 UI_FILES = sorted(EXAMPLES.glob("*.json"))
@@ -30,6 +30,15 @@ class _Core:
         @classmethod
         def INPUT_TYPES(cls):
             return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}}
+
+
+@pytest.fixture(autouse=True)
+def installed_models(tmp_path, monkeypatch):
+    """The local node's model menu lists what is on disk: put the model the examples name there."""
+    folder = tmp_path / "diffusers" / "stable-diffusion-3-medium-diffusers"
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    monkeypatch.setattr(comfy, "model_folders", lambda kind: [tmp_path / kind])
 
 
 def node_class(type_name):
