@@ -23,7 +23,9 @@ KEY = "browser-key-id:browser-secret-0123456789"
 SECRET = KEY.split(":")[1]
 APP = "window.comfyAPI.app.app"
 EXTENSION = f"/extensions/{PACK_FOLDER}/fal_sd3.js"
-READY = f"{APP}?.graph && {APP}.extensions?.some((e) => e.name === 'fal_sd3')"
+# The editor is usable once our extension ran and the nodes' definitions came from the server.
+READY = (f"{APP}?.graph && {APP}.extensions?.some((e) => e.name === 'fal_sd3')"
+         " && !!window.LiteGraph?.registered_node_types?.FalSD3Img2Img")
 KEY_STATUS = "document.querySelector('.fal-key-entry .fal-key-status')?.textContent"
 
 
