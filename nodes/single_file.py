@@ -24,7 +24,7 @@ CONFIGS = (
 )
 T5_CONFIG = "text_encoder_3/config.json"
 CLIP_TOKENIZER = ("vocab.json", "merges.txt")
-T5_TOKENIZER = "tokenizer.json"
+T5_TOKENIZER = "tokenizer.json"  # also accepted in place of CLIP's two files
 # SD3's CLIP context; ComfyUI's copy of the tokenizer config says 8192.
 CLIP_MAX_LENGTH = 77
 T5_MAX_LENGTH = 256
@@ -32,7 +32,7 @@ T5_MAX_LENGTH = 256
 
 @dataclass(frozen=True)
 class Tokenizers:
-    clip: Path  # folder with vocab.json and merges.txt (both CLIP encoders share one vocabulary)
+    clip: Path  # folder with vocab.json and merges.txt, or tokenizer.json (both CLIPs share one vocabulary)
     t5: Path | None  # folder with tokenizer.json, or None when T5 is off
 
 
@@ -75,7 +75,10 @@ def resolve(source: ModelSource, use_t5: bool, config_path: str = "") -> SingleF
             )
         clip, t5 = found
         where = "ComfyUI's tokenizer folders and the pack's configs"
-    needed = [folder / name for name in CONFIGS] + [clip / name for name in CLIP_TOKENIZER]
+    needed = [folder / name for name in CONFIGS]
+    # A CLIP tokenizer is either the original vocab.json + merges.txt or one tokenizer.json.
+    if not (clip / T5_TOKENIZER).is_file():
+        needed += [clip / name for name in CLIP_TOKENIZER]
     if use_t5:
         needed += [folder / T5_CONFIG, t5 / T5_TOKENIZER]
     missing = [str(p) for p in needed if not p.is_file()]

@@ -24,6 +24,16 @@ def tiny_model(tmp_path_factory):
     return tiny_sd3.save(tmp_path_factory.mktemp("models") / "tiny-sd3")
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tiny_model):
+    """The tiny model's weights as single-file checkpoints in the original SD3 layout, with and without T5."""
+    import tiny_sd3
+
+    folder = tiny_model.parent / "checkpoints"
+    return (tiny_sd3.save_single_file(folder / "tiny_sd3_incl_clips_t5.safetensors"),
+            tiny_sd3.save_single_file(folder / "tiny_sd3_incl_clips.safetensors", with_t5=False))
+
+
 @pytest.fixture
 def node():
     return DiffusersSD3Img2Img()
@@ -277,6 +287,21 @@ def test_a_load_failure_inside_diffusers_is_reported_plainly(tiny_model, tmp_pat
 
 
 # --- single-file checkpoints: what they need beside their weights -------------------------
+
+def test_single_file_checkpoint_gives_the_pixels_of_the_diffusers_folder(node, tiny_model, tiny_checkpoints):
+    # The tiny folder doubles as the config folder: it has the configs and tokenizers of the
+    # checkpoint's architecture (its weights are not read).
+    from_folder, _ = run(node, tiny_model)
+    from_file, _ = run(DiffusersSD3Img2Img(), tiny_checkpoints[0], config_path=str(tiny_model))
+    assert torch.allclose(from_folder, from_file, atol=1e-4)
+
+
+def test_single_file_checkpoint_without_t5_runs_with_t5_auto(tiny_model, tiny_checkpoints):
+    node = DiffusersSD3Img2Img()
+    images, _ = run(node, tiny_checkpoints[1], config_path=str(tiny_model))
+    assert images.shape == (1, 64, 96, 3)
+    assert node.cache._pipe.text_encoder_3 is None
+
 
 def test_single_file_outside_comfyui_asks_for_a_config_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(single_file, "comfy_tokenizers", lambda: None)

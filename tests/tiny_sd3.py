@@ -70,6 +70,10 @@ def build(seed: int = 0) -> dict:
     torch.manual_seed(seed)
     tokenizer, tokenizer_2, tokenizer_3 = clip_tokenizer("<|endoftext|>"), clip_tokenizer("!"), t5_tokenizer()
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    clip_l = clip_encoder(CLIP_L_WIDTH, len(tokenizer), eos)
+    # SD3's CLIP-L has an identity projection (single-file checkpoints do not store it).
+    with torch.no_grad():
+        clip_l.text_projection.weight.copy_(torch.eye(PROJECTION, CLIP_L_WIDTH))
     return {
         "transformer": SD3Transformer2DModel(
             sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2,
@@ -85,7 +89,7 @@ def build(seed: int = 0) -> dict:
             scaling_factor=1.5305, shift_factor=0.0609,
         ),
         "scheduler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
-        "text_encoder": clip_encoder(CLIP_L_WIDTH, len(tokenizer), eos),
+        "text_encoder": clip_l,
         "text_encoder_2": clip_encoder(CLIP_G_WIDTH, len(tokenizer_2), eos),
         "text_encoder_3": T5EncoderModel(T5Config(
             vocab_size=len(tokenizer_3), d_model=JOINT_WIDTH, d_ff=64, d_kv=8, num_layers=2, num_heads=2,
@@ -103,3 +107,91 @@ def save(folder: Path, seed: int = 0) -> Path:
 
     StableDiffusion3Img2ImgPipeline(**build(seed)).save_pretrained(folder)
     return folder
+
+
+# --- the same weights as a single-file checkpoint in the original SD3 layout ---------------
+# The inverse of diffusers' single-file conversion, so that the node's checkpoint path (the one
+# ComfyUI users' models/checkpoints take) is tested on weights whose right output is known.
+
+def _transformer_to_original(sd: dict, layers: int) -> dict:
+    import torch
+
+    def swap(t):  # diffusers stores the final modulation as (scale, shift); SD3 as (shift, scale)
+        a, b = t.chunk(2, dim=0)
+        return torch.cat([b, a], dim=0)
+
+    out = {
+        "pos_embed": sd["pos_embed.pos_embed"],
+        "x_embedder.proj.weight": sd["pos_embed.proj.weight"], "x_embedder.proj.bias": sd["pos_embed.proj.bias"],
+        "context_embedder.weight": sd["context_embedder.weight"], "context_embedder.bias": sd["context_embedder.bias"],
+        "final_layer.linear.weight": sd["proj_out.weight"], "final_layer.linear.bias": sd["proj_out.bias"],
+        "final_layer.adaLN_modulation.1.weight": swap(sd["norm_out.linear.weight"]),
+        "final_layer.adaLN_modulation.1.bias": swap(sd["norm_out.linear.bias"]),
+    }
+    for ours, theirs in (("t_embedder", "timestep_embedder"), ("y_embedder", "text_embedder")):
+        for n, m in (("0", "linear_1"), ("2", "linear_2")):
+            for p in ("weight", "bias"):
+                out[f"{ours}.mlp.{n}.{p}"] = sd[f"time_text_embed.{theirs}.{m}.{p}"]
+    for i in range(layers):
+        b, last = f"transformer_blocks.{i}", i == layers - 1
+        x, c = f"joint_blocks.{i}.x_block", f"joint_blocks.{i}.context_block"
+        for p in ("weight", "bias"):
+            out[f"{x}.attn.qkv.{p}"] = torch.cat([sd[f"{b}.attn.to_{k}.{p}"] for k in "qkv"])
+            out[f"{c}.attn.qkv.{p}"] = torch.cat([sd[f"{b}.attn.add_{k}_proj.{p}"] for k in "qkv"])
+            out[f"{x}.attn.proj.{p}"] = sd[f"{b}.attn.to_out.0.{p}"]
+            out[f"{x}.adaLN_modulation.1.{p}"] = sd[f"{b}.norm1.linear.{p}"]
+            context_mod = sd[f"{b}.norm1_context.linear.{p}"]
+            out[f"{c}.adaLN_modulation.1.{p}"] = swap(context_mod) if last else context_mod
+            out[f"{x}.mlp.fc1.{p}"] = sd[f"{b}.ff.net.0.proj.{p}"]
+            out[f"{x}.mlp.fc2.{p}"] = sd[f"{b}.ff.net.2.{p}"]
+            if not last:
+                out[f"{c}.attn.proj.{p}"] = sd[f"{b}.attn.to_add_out.{p}"]
+                out[f"{c}.mlp.fc1.{p}"] = sd[f"{b}.ff_context.net.0.proj.{p}"]
+                out[f"{c}.mlp.fc2.{p}"] = sd[f"{b}.ff_context.net.2.{p}"]
+    return {f"model.diffusion_model.{k}": v.contiguous() for k, v in out.items()}
+
+
+def _vae_to_original(sd: dict, blocks: int) -> dict:
+    import re
+
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    fixed = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    rules = [
+        (r"down_blocks\.(\d+)\.resnets\.", r"down.\1.block."),
+        (r"down_blocks\.(\d+)\.downsamplers\.0\.", r"down.\1.downsample."),
+        (r"up_blocks\.(\d+)\.resnets\.", lambda m: f"up.{blocks - 1 - int(m[1])}.block."),
+        (r"up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"up.{blocks - 1 - int(m[1])}.upsample."),
+        (r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m[1]) + 1}."),
+        (r"mid_block\.attentions\.0\.", "mid.attn_1."),
+        (r"conv_shortcut", "nin_shortcut"), (r"group_norm\.", "norm."), (r"to_out\.0\.", "proj_out."),
+        (r"\.to_([qkv])\.", r".\1."),
+    ]
+    out = {}
+    for key, value in sd.items():
+        if key in fixed:
+            out[fixed[key]] = value
+            continue
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value
+    return {f"first_stage_model.{k}": v.contiguous() for k, v in out.items()}
+
+
+def save_single_file(path: Path, seed: int = 0, with_t5: bool = True) -> Path:
+    """The pipeline ``build(seed)`` makes, as one .safetensors file in the original SD3 layout."""
+    from safetensors.torch import save_file
+
+    parts = build(seed)
+    transformer = parts["transformer"]
+    tensors = {
+        **_transformer_to_original(transformer.state_dict(), transformer.config.num_layers),
+        **_vae_to_original(parts["vae"].state_dict(), len(parts["vae"].config.down_block_types)),
+    }
+    encoders = {"clip_l": "text_encoder", "clip_g": "text_encoder_2", **({"t5xxl": "text_encoder_3"} if with_t5 else {})}
+    for name, component in encoders.items():
+        for key, value in parts[component].state_dict().items():
+            tensors[f"text_encoders.{name}.transformer.{key}"] = value.clone()  # T5 ties two names to one tensor
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
