@@ -14,14 +14,18 @@ from comfyui_fal_sd3.nodes.routes import add_routes, cross_origin
 KEY = "0d6f1c2e-key-id:9a8b7c6d5e4f3a2b1c0d"
 
 
+def key_app(env, key_file) -> web.Application:
+    table = web.RouteTableDef()
+    add_routes(table, key_file=lambda: key_file, env=env)
+    app = web.Application()
+    app.add_routes(table)
+    return app
+
+
 def call(env, key_file, *requests):
     """Send (method, body, headers) requests to a fresh app; the answers' (status, JSON body)."""
     async def go():
-        table = web.RouteTableDef()
-        add_routes(table, key_file=lambda: key_file, env=env)
-        app = web.Application()
-        app.add_routes(table)
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(TestServer(key_app(env, key_file))) as client:
             answers = []
             for method, body, headers in requests:
                 response = await client.request(method, "/fal/key", headers=headers,
@@ -105,11 +109,7 @@ def test_requests_from_another_site_are_refused(key_file, headers):
 
 def test_same_origin_requests_are_served(key_file):
     async def go():
-        table = web.RouteTableDef()
-        add_routes(table, key_file=lambda: key_file, env={})
-        app = web.Application()
-        app.add_routes(table)
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        async with TestClient(TestServer(key_app({}, key_file), host="127.0.0.1")) as client:
             origin = f"http://127.0.0.1:{client.port}"
             response = await client.post("/fal/key", json={"key": KEY},
                                          headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"})

@@ -80,10 +80,13 @@ function followPreset(node) {
   const height = widget("height");
   if (!preset || !width || !height) return;
   const update = () => {
-    const custom = usesCustomSize(preset.value);
-    width.hidden = height.hidden = !custom;
+    const hidden = !usesCustomSize(preset.value);
     node.title = titleWithSize(node.title, sizeLabel(preset.value, width.value, height.value));
-    node.setSize([node.size[0], node.computeSize()[1]]);
+    if (width.hidden !== hidden) {
+      width.hidden = height.hidden = hidden;
+      // Only when the widgets come or go, so that a height the user gave the node is kept.
+      node.setSize([node.size[0], node.computeSize()[1]]);
+    }
     node.setDirtyCanvas(true, true);
   };
   for (const w of [preset, width, height]) {
