@@ -176,7 +176,8 @@ def test_size_preset_shows_width_and_height_only_for_custom_and_titles_the_size(
     workflow = json.loads((EXAMPLES / "sd3_img2img_fal.json").read_text())
     node = f"{APP}.graph.getNodeById(2)"
     state = f"""(() => {{ const n = {node}; const w = (name) => n.widgets.find((x) => x.name === name);
-                  return {{title: n.title, hidden: [w('width').hidden, w('height').hidden], height: n.size[1]}}; }})()"""
+                  return {{title: n.title, hidden: [w('width').hidden, w('height').hidden], height: n.size[1],
+                          fits: n.size[1] >= n.computeSize()[1]}}; }})()"""
 
     def choose(name, value):
         return f"""(() => {{ const n = {node}; n.widgets.find((x) => x.name === {json.dumps(name)})
@@ -206,4 +207,5 @@ def test_size_preset_shows_width_and_height_only_for_custom_and_titles_the_size(
         ("SD3 Image Size · 1024×576", [True, True]),
         ("SD3 Image Size · match input", [True, True]),
     ]
-    assert states[1]["height"] > states[0]["height"]  # the node grows to show the two widgets
+    assert all(s["fits"] for s in states)  # the node is always tall enough for its widgets
+    assert states[3]["height"] < states[2]["height"]  # and shrinks when two of them go

@@ -84,8 +84,10 @@ function followPreset(node) {
     node.title = titleWithSize(node.title, sizeLabel(preset.value, width.value, height.value));
     if (width.hidden !== hidden) {
       width.hidden = height.hidden = hidden;
-      // Only when the widgets come or go, so that a height the user gave the node is kept.
-      node.setSize([node.size[0], node.computeSize()[1]]);
+      // Only when the widgets come or go, and growing only as far as they need, so that a
+      // height the user gave the node is kept.
+      const needed = node.computeSize()[1];
+      node.setSize([node.size[0], hidden ? needed : Math.max(node.size[1], needed)]);
     }
     node.setDirtyCanvas(true, true);
   };
