@@ -7,6 +7,8 @@ ComfyUI imports the pack.
 from __future__ import annotations
 
 import gc
+import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
 T5_MODES = ("auto", "on", "off")
 OFFLOADS = ("none", "model", "sequential")
+log = logging.getLogger("fal_sd3")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -168,9 +171,11 @@ class PipelineCache:
             self.release()
             # Make room first: ComfyUI's own models may fill the GPU.
             comfy.free_models()
+            started = time.monotonic()
             self._pipe = self._loader(source, options)
             self._key = key
             self.loads += 1
+            log.info("SD3 Img2Img (local): loaded %s in %.1f s", source.path, time.monotonic() - started)
         return self._pipe
 
     def release(self) -> None:
