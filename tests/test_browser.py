@@ -145,7 +145,8 @@ def test_key_set_in_the_dialog_is_used_by_the_node_and_shown_while_running(comfy
     assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     settings = httpx.get(comfyui["url"] + "/settings", timeout=10).text
     settings_file = (comfyui["base"] / "user" / "default" / "comfy.settings.json").read_text()
-    for text in (settings, settings_file, storage, graph, "\n".join(console)):
+    server_log = (comfyui["base"] / "comfyui.log").read_text()
+    for text in (settings, settings_file, storage, graph, "\n".join(console), server_log):
         assert SECRET not in text
 
     # What the node showed while it ran: queue position, running with request id and fal's log.
