@@ -14,10 +14,11 @@ import torch
 from ..fal_core import schema
 from . import comfy
 from .inputs import schema_input
-from .local_models import CUSTOM_PATH, choices, resolve
-from .local_pipeline import DEVICES, DTYPES, OFFLOADS, T5_MODES, LoadOptions, PipelineCache
 from .size_preset import IMAGE_SIZE_TYPE
 from .tensors import fit, multiple_of_16
+
+# local_models and local_pipeline are imported when the node is listed or runs, not when ComfyUI
+# imports the pack at start-up: most users of the pack never run the local node.
 
 
 def target_size(images: torch.Tensor, image_size: schema.ImageSize | None) -> tuple[int, int]:
@@ -45,10 +46,15 @@ class DiffusersSD3Img2Img:
     FUNCTION = "run"
 
     def __init__(self) -> None:
+        from .local_pipeline import PipelineCache
+
         self.cache = PipelineCache()
 
     @classmethod
     def INPUT_TYPES(cls):
+        from .local_models import CUSTOM_PATH, choices
+        from .local_pipeline import DEVICES, DTYPES, OFFLOADS, T5_MODES
+
         return {
             "required": {
                 "model": (choices(), {"tooltip": (
@@ -92,6 +98,9 @@ class DiffusersSD3Img2Img:
             "num_inference_steps": num_inference_steps, "seed": seed, "guidance_scale": guidance_scale,
             "num_images": num_images, "strength": strength,
         })
+        from .local_models import resolve
+        from .local_pipeline import LoadOptions
+
         width, height = target_size(image, image_size)
         pixels = fit(image, width, height)
         source = resolve(model, model_path)
