@@ -91,3 +91,40 @@ def test_a_missing_model_is_a_clear_error_in_the_history(comfyui):
     assert entry["status"]["status_str"] == "error"
     message = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
     assert "model_path: '/nowhere/sd3' does not exist" in message["exception_message"]
+
+
+def test_cancel_stops_the_run_within_a_step(comfyui):
+    """Cancel (/interrupt) during denoising: ComfyUI reports the run interrupted, and no step
+    runs after the one in progress (read from ComfyUI's own progress messages)."""
+    import asyncio
+
+    import aiohttp
+
+    url, _ = comfyui
+    steps = 50
+
+    async def run() -> tuple[list[int], int, dict]:
+        values: list[int] = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{url}/ws?clientId=local-cancel") as ws:
+                prompt = local_prompt(seed=123, num_inference_steps=steps, strength=1.0)
+                prompt_id = await asyncio.to_thread(queue_prompt, url, prompt, "local-cancel")
+                interrupted_at = None
+                async for message in ws:
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    event = json.loads(message.data)
+                    if event["type"] == "progress" and event["data"].get("prompt_id") == prompt_id:
+                        values.append(event["data"]["value"])
+                        if interrupted_at is None and event["data"]["value"] >= 2:
+                            interrupted_at = event["data"]["value"]
+                            await session.post(f"{url}/interrupt")
+                    if event["type"] in ("execution_interrupted", "execution_success", "execution_error") \
+                            and event["data"].get("prompt_id") == prompt_id:
+                        break
+        return values, interrupted_at, await asyncio.to_thread(wait_history, url, prompt_id)
+
+    values, interrupted_at, entry = asyncio.run(asyncio.wait_for(run(), 300))
+    assert "execution_interrupted" in json.dumps(entry["status"]["messages"])
+    # The step already running when Cancel reached the server may finish; no later step starts.
+    assert max(values) <= interrupted_at + 2 < steps
