@@ -108,6 +108,9 @@ def test_cancel_stops_the_run_within_a_step(comfyui):
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"{url}/ws?clientId=local-cancel") as ws:
                 prompt = local_prompt(seed=123, num_inference_steps=steps, strength=1.0)
+                # Steps of tens of milliseconds (512x512), so that "within a step" is observable.
+                size = next(n for n in prompt.values() if n["class_type"] == "FalSD3ImageSize")
+                size["inputs"].update(width=512, height=512)
                 prompt_id = await asyncio.to_thread(queue_prompt, url, prompt, "local-cancel")
                 interrupted_at = None
                 async for message in ws:
