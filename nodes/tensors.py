@@ -1,4 +1,4 @@
-"""ComfyUI IMAGE tensors (B,H,W,C float32 in 0..1) to and from uint8 arrays."""
+"""ComfyUI IMAGE tensors (B,H,W,C float32 in 0..1): to and from uint8 arrays, and fitted to a size for diffusers."""
 
 from __future__ import annotations
 
@@ -12,16 +12,20 @@ def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     """One (H,W,C) uint8 array per batch item; C stays 3 (RGB) or 4 (RGBA)."""
     if images.ndim == 3:
         images = images.unsqueeze(0)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            f"image: expected an IMAGE batch shaped (B,H,W,C) with C 1, 3 or 4, got {tuple(images.shape)}; "
-            "connect an IMAGE output such as Load Image."
-        )
+    _check_batch(images)
     # Rounding (not truncation) keeps a uint8 -> float -> uint8 round trip exact.
     data = (images.detach().to("cpu", torch.float32).clamp(0, 1) * 255.0).round_().to(torch.uint8).numpy()
     if data.shape[-1] == 1:
         data = np.repeat(data, 3, axis=-1)
     return [np.ascontiguousarray(item) for item in data]
+
+
+def _check_batch(images: torch.Tensor) -> None:
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"image: expected an IMAGE batch shaped (B,H,W,C) with C 1, 3 or 4, got {tuple(images.shape)}; "
+            "connect an IMAGE output such as Load Image."
+        )
 
 
 def from_uint8(arrays: Sequence[np.ndarray], channels: int = 3) -> torch.Tensor:
@@ -66,11 +70,7 @@ def multiple_of_16(side: int) -> int:
 def fit(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """An IMAGE batch (B,H,W,C) scaled to cover ``width`` x ``height`` and center-cropped to it, as
     the (B,3,height,width) tensor in 0..1 that diffusers' pipelines take."""
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            f"image: expected an IMAGE batch shaped (B,H,W,C) with C 1, 3 or 4, got {tuple(images.shape)}; "
-            "connect an IMAGE output such as Load Image."
-        )
+    _check_batch(images)
     pixels = images[..., :3] if images.shape[-1] != 1 else images.expand(-1, -1, -1, 3)
     # Left as a permuted view, (B,C,H,W) in channels-last memory: the VAE's convolutions run
     # faster on it than on a contiguous copy (about 10% of a 512x512 run on the CPU).
