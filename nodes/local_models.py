@@ -8,6 +8,7 @@ header alone (a few kilobytes), so listing and checking models loads no weights.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -184,5 +185,16 @@ def _is_sd3_folder(path: Path) -> bool:
 
 
 def _is_sd3_checkpoint(path: Path) -> bool:
-    keys = _header_keys(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return _has_mmdit(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+# ComfyUI calls INPUT_TYPES (so the menu) on every queued prompt: a file's header is read once
+# per version of the file (its size and time), not once per prompt.
+@functools.lru_cache(maxsize=1024)
+def _has_mmdit(path: str, size: int, mtime_ns: int) -> bool:
+    keys = _header_keys(Path(path))
     return keys is not None and _MMDIT in keys
