@@ -17,6 +17,8 @@ from .errors import ConfigError, MissingKeyError
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 DEFAULT_REST_URL = "https://rest.fal.ai"
 DEFAULT_CDN_URL = "https://v3.fal.media"
+# fal's Platform API (pricing, request history): same key, its own host.
+DEFAULT_API_URL = "https://api.fal.ai/v1"
 
 # fal's keys are "<key id>:<key secret>"; the id is a UUID-like token and the secret hex.
 _KEY_FORM = re.compile(r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$")
@@ -94,18 +96,22 @@ def key_from_file(path: Path) -> Secret | None:
 class FalConfig:
     """Base URLs and credentials. Every field can be set directly; ``from_env`` reads them.
 
-    ``key_source`` says where the key came from ("env", "file", "argument") for status displays.
+    ``key_source`` says where the key came from ("env", "file", "argument") for status displays;
+    ``key_place`` is how the host names the key file to its users (e.g. a settings dialog), so a
+    refused key's message says where to replace it.
     """
 
     key: Secret | None = None
     queue_url: str = DEFAULT_QUEUE_URL
     rest_url: str = DEFAULT_REST_URL
     cdn_url: str = DEFAULT_CDN_URL
+    api_url: str = DEFAULT_API_URL
     key_source: str | None = None
     missing_key_hint: str = field(default="", compare=False)
+    key_place: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("queue_url", "rest_url", "cdn_url"):
+        for name in ("queue_url", "rest_url", "cdn_url", "api_url"):
             value = getattr(self, name)
             if not value.startswith(("http://", "https://")):
                 raise ConfigError(
@@ -124,10 +130,11 @@ class FalConfig:
         *,
         key_file: Path | None = None,
         missing_key_hint: str = "",
+        key_place: str = "",
         **overrides,
     ) -> "FalConfig":
         """Read FAL_KEY (or FAL_KEY_ID + FAL_KEY_SECRET) and FAL_QUEUE_URL / FAL_REST_URL /
-        FAL_CDN_URL. The environment's key wins over ``key_file``; ``overrides`` win over both."""
+        FAL_CDN_URL / FAL_API_URL. The environment's key wins over ``key_file``; ``overrides`` win over both."""
         env = os.environ if env is None else env
         key, source = key_from_env(env), "env"
         if key is None and key_file is not None:
@@ -138,7 +145,9 @@ class FalConfig:
             queue_url=env.get("FAL_QUEUE_URL") or DEFAULT_QUEUE_URL,
             rest_url=env.get("FAL_REST_URL") or DEFAULT_REST_URL,
             cdn_url=env.get("FAL_CDN_URL") or DEFAULT_CDN_URL,
+            api_url=env.get("FAL_API_URL") or DEFAULT_API_URL,
             missing_key_hint=missing_key_hint,
+            key_place=key_place,
         )
         if overrides.get("key") is not None:
             values["key_source"] = "argument"
@@ -154,12 +163,25 @@ class FalConfig:
             raise MissingKeyError(self.missing_key_hint)
         return f"Key {self.key.reveal()}"
 
+    def key_origin(self) -> tuple[str, str]:
+        """Where the key came from and what to do about it, for the message of a refused key."""
+        valid = "a valid key (key_id:key_secret) from https://fal.ai/dashboard/keys"
+        place = self.key_place or "the key file"
+        if self.key_source == "env":
+            return ("the environment (FAL_KEY, or FAL_KEY_ID + FAL_KEY_SECRET)",
+                    f"set FAL_KEY to {valid} and restart; while it is set it wins over {place}")
+        if self.key_source == "file":
+            return (place, f"enter {valid} in {place}")
+        return ("the key given", f"use {valid}; without one, FAL_KEY is read")
+
     def redact(self, text: str) -> str:
         return self.key.redact(text) if self.key is not None else text
 
     def is_fal_host(self, url: str) -> bool:
         """Whether ``url`` is one of the configured fal APIs, the only hosts that get the key."""
-        return any(url == base or url.startswith(base + "/") for base in (self.queue_url, self.rest_url))
+        return any(url == base or url.startswith(base + "/")
+                   for base in (self.queue_url, self.rest_url, self.api_url))
 
 
-_DEFAULTS = {"queue_url": DEFAULT_QUEUE_URL, "rest_url": DEFAULT_REST_URL, "cdn_url": DEFAULT_CDN_URL}
+_DEFAULTS = {"queue_url": DEFAULT_QUEUE_URL, "rest_url": DEFAULT_REST_URL, "cdn_url": DEFAULT_CDN_URL,
+             "api_url": DEFAULT_API_URL}

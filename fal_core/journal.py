@@ -37,6 +37,8 @@ except ImportError:  # Windows: appends of one line stay whole there too, withou
 log = logging.getLogger("fal_core")
 
 RETENTION = 24 * 3600.0
+# How long what a request cost is kept, for the spend totals (30 days).
+SPEND_WINDOW = 30 * 24 * 3600.0
 DEFAULT_PATH = Path.home() / ".local" / "state" / "comfyui-fal-sd3" / "journal.jsonl"
 PENDING, COMPLETED, UNKNOWN, FAILED, CANCELLED = "pending", "completed", "unknown", "failed", "cancelled"
 REUSABLE = (PENDING, COMPLETED)
@@ -94,9 +96,13 @@ class Journal:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def submitted(self, fp: str, handle: RequestHandle, fields: Mapping[str, Any]) -> None:
+    def submitted(self, fp: str, handle: RequestHandle, fields: Mapping[str, Any],
+                  cost: Mapping[str, Any] | None = None) -> None:
+        """fal accepted the request (and will charge for it): ``cost`` is its price,
+        ``{"amount", "currency", "source"}``, which ``fal_core.spend`` adds up."""
         self._append(fp, PENDING, app_id=handle.app_id, request_id=handle.request_id,
-                     urls={k: v for k, v in handle.to_json().items() if k.endswith("_url")}, fields=describe(fields))
+                     urls={k: v for k, v in handle.to_json().items() if k.endswith("_url")}, fields=describe(fields),
+                     cost=dict(cost) if cost is not None else None)
 
     def completed(self, fp: str, request_id: str, result: Any) -> None:
         self._append(fp, COMPLETED, request_id=request_id, result=result)
@@ -158,6 +164,11 @@ class Journal:
             log.warning("fal journal %s: skipped %d unreadable line(s)", self.path, bad)
         return records
 
+    def records(self) -> list[dict]:
+        """Every readable record, oldest first, including those past the retention window."""
+        with self._locked():
+            return self._records()
+
     def entries(self) -> list[Entry]:
         """Every fingerprint's latest state within the retention window, newest first."""
         with self._locked():  # so a line being appended is never read half-written
@@ -179,15 +190,26 @@ class Journal:
         return next((e for e in self.entries() if e.request_id == request_id), None)
 
     def prune(self) -> int:
-        """Drop the records of entries past the retention window; returns how many lines went."""
+        """Drop the records of entries past the retention window; returns how many lines went.
+
+        What a request cost stays for ``SPEND_WINDOW`` (the spend totals), as a record reduced to
+        its id, time and cost, which ``entries`` ignores as it is past the retention window.
+        """
         with self._locked():
             records = self._records()
             latest: dict[str, float] = {}
             for record in records:
                 latest[record["fingerprint"]] = max(latest.get(record["fingerprint"], 0.0), record.get("time", 0.0))
-            horizon = time.time() - self.retention
-            kept = [r for r in records if latest[r["fingerprint"]] >= horizon]
-            if len(kept) == len(records):
+            now = time.time()
+            horizon, spend_horizon = now - self.retention, now - SPEND_WINDOW
+            kept = []
+            for r in records:
+                if latest[r["fingerprint"]] >= horizon:
+                    kept.append(r)
+                elif "cost" in r and r.get("time", 0.0) >= spend_horizon:
+                    kept.append({k: r[k] for k in ("fingerprint", "state", "time", "app_id", "request_id", "cost")
+                                 if k in r})
+            if kept == records:
                 return 0
             tmp = self.path.with_name(self.path.name + ".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -135,14 +135,13 @@ class Transport:
                       request_id=request_id, error_type=error_type)
         redact = self.config.redact
         if status in (401, 403):
-            hint = self.config.missing_key_hint
-            source = {"env": " (taken from the environment)", "file": " (taken from the key file)"}.get(
-                self.config.key_source or "", "")
-            verb = "refused the API key" if status == 401 else "does not let this API key use this app"
-            return AuthError(redact(
-                f"fal {verb}{source} (HTTP {status}) for {what}: {_detail_text(detail)}. "
-                "Set FAL_KEY to a valid key of the form key_id:key_secret from https://fal.ai/dashboard/keys"
-                + (f", {hint}" if hint else "") + "."), **common)
+            where, todo = self.config.key_origin()
+            if status == 401:
+                text = f"fal refused the API key from {where} (HTTP 401) for {what}: {_detail_text(detail)}. To fix: {todo}."
+            else:
+                text = (f"fal does not let the API key from {where} do this (HTTP 403: {what}): {_detail_text(detail)}. "
+                        f"To fix: check the key's scope at https://fal.ai/dashboard/keys, or {todo}.")
+            return AuthError(redact(text), **common)
         if status == 422 and isinstance(detail, list):
             fields = [_field_error(item) for item in detail]
             lines = "\n".join(f"  - {f.field}: {f.message}" for f in fields)

@@ -1,9 +1,14 @@
-"""The settings dialog's route for the fal key, on ComfyUI's server.
+"""The editor's routes on ComfyUI's server: the fal key, its test, the price and the budget.
 
 ``POST /fal/key`` with ``{"key": "key_id:key_secret"}`` saves it in the key file,
 ``GET /fal/key`` says whether a key is set and where it comes from (never the key),
 ``DELETE /fal/key`` removes the file. The key never becomes a ComfyUI setting: those are served
 to anyone who reaches the server by ``GET /settings``.
+
+``POST /fal/key/test`` (``{}`` or ``{"key": ...}``) asks fal whether it accepts the key, running
+no job. ``GET /fal/price`` answers the unit price at once and refreshes it in the background.
+``GET /fal/budget`` and ``POST /fal/budget`` (``{"daily_budget": dollars|null}``) read and set
+the daily budget, with today's spend.
 """
 
 from __future__ import annotations
@@ -11,15 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
-from ..fal_core.config import check_key_form
-from ..fal_core.errors import ConfigError
+from ..fal_core.config import Secret, check_key_form
+from ..fal_core.errors import ConfigError, FalError, HTTPStatusError, MissingKeyError
 from . import comfy, key_store
 
 ROUTE = "/fal/key"
+KEY_TEST_ROUTE = "/fal/key/test"
+PRICE_ROUTE = "/fal/price"
+BUDGET_ROUTE = "/fal/budget"
+_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*){1,4}$")
 log = logging.getLogger("fal_sd3")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
@@ -65,6 +75,11 @@ def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
     def answer(status: int = 200, **body) -> web.Response:
         return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
+    def not_accepted(status: int | None, message: str) -> web.Response:
+        """The key test's answer when the key cannot be used (``status``: fal's HTTP status)."""
+        return web.json_response({"ok": False, "status": status, "message": message},
+                                 headers={"Cache-Control": "no-store"})
+
     def current() -> web.Response:
         try:
             return answer(**key_store.status(key_file(), env))
@@ -107,6 +122,9 @@ def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
             return answer(500, error=f"fal API key not saved: cannot write {path}: {exc.strerror}. "
                                      "Check that ComfyUI's user folder is writable.")
         log.info("fal key saved to %s", path)
+        from . import session
+        # A price refused to the old key (or to no key) is asked for again with this one.
+        session.price_cache().forget_failures()
         return current()
 
     @routes.delete(ROUTE)
@@ -119,6 +137,112 @@ def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
             return answer(500, error=f"fal API key not cleared: cannot remove {path}: {exc.strerror}.")
         log.info("fal key file %s removed", path)
         return current()
+
+    async def json_body(request: web.Request) -> dict | None:
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    @routes.post(KEY_TEST_ROUTE)
+    @same_origin_only
+    async def test_key(request: web.Request) -> web.Response:
+        from ..fal_core.key_check import check_key
+        from . import session
+
+        body = await json_body(request)
+        if body is None or not isinstance(body.get("key", ""), str):
+            return answer(400, error='the body must be JSON {} (the saved key) or {"key": "key_id:key_secret"}')
+        config = session.config(env, key_file())
+        if "key" in body:
+            problem = check_key_form(body["key"])
+            if problem is not None:
+                return not_accepted(None, f"fal API key not tested: {problem}. Copy the whole key from "
+                                          "fal.ai > Dashboard > Keys.")
+            config = config.with_(key=Secret(body["key"].strip()), key_source="argument")
+        if config.key is None:
+            return not_accepted(None, str(MissingKeyError(config.missing_key_hint)))
+        try:
+            async with session.open_client(config) as fal:
+                await check_key(fal.transport)
+        except HTTPStatusError as exc:
+            return not_accepted(exc.status_code, str(exc))
+        except FalError as exc:
+            return not_accepted(None, str(exc))
+        return answer(ok=True, source=config.key_source)
+
+    background: set[asyncio.Task] = set()
+    refreshing: set[tuple] = set()
+
+    async def refresh_price(cache, endpoint_id: str) -> None:
+        from . import session
+
+        try:
+            async with session.open_client(session.config(env, key_file())) as fal:
+                await cache.refresh(fal.transport, endpoint_id)
+        finally:
+            refreshing.discard((cache.path, endpoint_id))
+
+    @routes.get(PRICE_ROUTE)
+    @same_origin_only
+    async def price(request: web.Request) -> web.Response:
+        from ..fal_core.schema import ENDPOINT
+        from . import session
+
+        endpoint_id = request.query.get("endpoint_id", ENDPOINT)
+        if not _ENDPOINT_ID.match(endpoint_id):
+            return answer(400, error=f"endpoint_id={endpoint_id[:80]!r}: use an id of the form owner/alias[/path]")
+        cache = session.price_cache()
+        known = cache.current(endpoint_id)
+        if cache.needs_refresh(endpoint_id) and (cache.path, endpoint_id) not in refreshing:
+            # Answered from what is known: the editor never waits on fal for a price.
+            refreshing.add((cache.path, endpoint_id))
+            task = asyncio.get_running_loop().create_task(refresh_price(cache, endpoint_id))
+            background.add(task)
+            task.add_done_callback(background.discard)
+        if known is None:
+            return answer(404, error=f"no price known for {endpoint_id} yet; asking fal, try again shortly")
+        return answer(**known.to_json())
+
+    async def budget_answer() -> web.Response:
+        from ..fal_core import spend
+        from . import session
+
+        try:
+            limit = session.budget(env)
+            spent = await asyncio.to_thread(spend.spent_today, session.journal())
+        except ConfigError as exc:
+            return answer(500, error=str(exc))
+        return answer(daily_budget=limit.daily, source=limit.source, spent_today=spent, currency="USD")
+
+    @routes.get(BUDGET_ROUTE)
+    @same_origin_only
+    async def read_budget(request: web.Request) -> web.Response:
+        return await budget_answer()
+
+    @routes.post(BUDGET_ROUTE)
+    @same_origin_only
+    async def store_budget(request: web.Request) -> web.Response:
+        from ..fal_core import budget as budgets
+        from . import session
+
+        body = await json_body(request)
+        if body is None or "daily_budget" not in body:
+            return answer(400, error='the body must be JSON {"daily_budget": dollars} or {"daily_budget": null}')
+        try:
+            amount = budgets.parse_amount(body["daily_budget"], "daily_budget")
+        except ConfigError as exc:
+            return answer(400, error=str(exc))
+        path = session.budget_file()
+        try:
+            await asyncio.to_thread(budgets.save, path, amount)
+        except OSError as exc:
+            return answer(500, error=f"daily budget not saved: cannot write {path}: {exc.strerror}. "
+                                     "Check that ComfyUI's user folder is writable.")
+        log.info("fal daily budget %s", "cleared" if amount is None else f"set to {amount:.2f} USD")
+        return await budget_answer()
+
 
 
 def register() -> None:

@@ -1,27 +1,35 @@
 """A FalClient set up for ComfyUI: the key from the environment or the settings dialog's file;
-uploads, the request journal and downloaded results kept in the pack's state folder."""
+uploads, the request journal, downloaded results, prices and the daily budget kept in the pack's
+state folder."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Mapping
 
+from ..fal_core import budget as budgets
 from ..fal_core.client import FalClient
 from ..fal_core.config import FalConfig
 from ..fal_core.journal import Journal, ResultFiles
+from ..fal_core.pricing import PriceCache
 from ..fal_core.storage import UploadCache
 from . import comfy
 
 KEY_HINT = "or enter it in ComfyUI's settings (Settings > fal > fal API key)"
+KEY_PLACE = "ComfyUI's settings dialog (Settings > fal > fal API key)"
+BUDGET_PLACE = "ComfyUI's settings (Settings > fal)"
 
 
-def config() -> FalConfig:
+def config(env: Mapping[str, str] | None = None, key_file: Path | None = None) -> FalConfig:
     """FAL_KEY (or FAL_KEY_ID + FAL_KEY_SECRET) wins over the key file; read on every run, so a
     key saved in the settings takes effect without a restart."""
-    return FalConfig.from_env(key_file=comfy.key_file(), missing_key_hint=KEY_HINT)
+    return FalConfig.from_env(env, key_file=key_file or comfy.key_file(), missing_key_hint=KEY_HINT,
+                              key_place=KEY_PLACE)
 
 
-def open_client() -> FalClient:
-    return FalClient(config(), upload_cache=UploadCache(comfy.state_dir() / "uploads.json"))
+def open_client(cfg: FalConfig | None = None) -> FalClient:
+    return FalClient(cfg or config(), upload_cache=UploadCache(comfy.state_dir() / "uploads.json"))
 
 
 def journal() -> Journal:
@@ -31,3 +39,20 @@ def journal() -> Journal:
 
 def result_files(journal: Journal) -> ResultFiles:
     return ResultFiles(journal.path.parent / "results")
+
+
+_price_caches: dict[Path, PriceCache] = {}
+
+
+def price_cache() -> PriceCache:
+    """One cache per state folder for the process, so a price fetched is not read from disk again."""
+    path = comfy.state_dir() / "prices.json"
+    return _price_caches.setdefault(path, PriceCache(path))
+
+
+def budget_file() -> Path:
+    return comfy.state_dir() / "budget.json"
+
+
+def budget(env: Mapping[str, str] | None = None) -> budgets.Budget:
+    return budgets.read(budget_file(), env)

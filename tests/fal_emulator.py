@@ -2,7 +2,7 @@
 
 It speaks what fal's clients speak (see ../shared/fal-protocol.md): submit, status (with logs),
 the status stream (server-sent events), result, cancel, the CDN token, CDN uploads (single and
-multipart) and the initiate + PUT fallback. It checks ``Authorization: Key ...``, validates input
+multipart), the initiate + PUT fallback and the Platform API's prices. It checks ``Authorization: Key ...``, validates input
 like fal (422 with a ``detail`` list), and answers with images derived from the input so a test
 can prove the round trip by pixels: image k of a request is ``255 - input + k`` (mod 256), resized
 to the requested size with nearest-neighbour sampling, as PNG (see ``expected_output``).
@@ -153,6 +153,14 @@ class FalEmulator:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._changed: asyncio.Condition | None = None
+        # The Platform API's prices: (unit_price, unit, currency) by endpoint id. Deliberately not
+        # the published $0.035, so a test can tell fal's answer from the fallback.
+        self.prices: dict[str, tuple[float, str, str]] = {
+            "fal-ai/stable-diffusion-v3-medium/image-to-image": (0.04, "image", "USD"),
+            "fal-ai/stable-diffusion-v3-medium": (0.04, "image", "USD"),
+        }
+        # False: this key may not read prices (fal answers 403), as some keys may not.
+        self.pricing_access = True
 
     # --- control, from the test's thread ---------------------------------------------------
 
@@ -172,9 +180,14 @@ class FalEmulator:
     def cdn_url(self) -> str:
         return self.base_url + "/cdn"
 
+    @property
+    def api_url(self) -> str:
+        """fal's Platform API (https://api.fal.ai/v1)."""
+        return self.base_url + "/api/v1"
+
     def env(self) -> dict[str, str]:
         return {"FAL_KEY": self.key, "FAL_QUEUE_URL": self.queue_url, "FAL_REST_URL": self.rest_url,
-                "FAL_CDN_URL": self.cdn_url}
+                "FAL_CDN_URL": self.cdn_url, "FAL_API_URL": self.api_url}
 
     def fault(self, kind: str, *, times: int = 1, **options: Any) -> None:
         with self._lock:
@@ -255,6 +268,7 @@ class FalEmulator:
         ("PUT", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)/cancel", "cancel"),
         ("GET", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)", "result"),
         ("POST", r"/queue/(?P<app>.+)", "submit"),
+        ("GET", r"/api/v1/models/pricing", "pricing"),
     ]
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -633,6 +647,21 @@ class FalEmulator:
             return web.json_response({"detail": "File not found"}, status=404)
         return web.Response(body=stored[0], content_type=stored[1].split(";")[0])
 
+    # --- Platform API --------------------------------------------------------------------------
+
+    async def _pricing(self, request, call, groups, fault) -> web.Response:
+        if not self._authorized(call):
+            return web.json_response({"detail": "Invalid API key"}, status=401)
+        if not self.pricing_access:
+            return web.json_response({"detail": "This key is not allowed to access the pricing API"}, status=403)
+        ids = request.query.getall("endpoint_id", [])
+        if not 1 <= len(ids) <= 50:
+            return web.json_response({"detail": [{"loc": ["query", "endpoint_id"], "type": "value_error",
+                                                  "msg": "Give between 1 and 50 endpoint ids"}]}, status=422)
+        prices = [{"endpoint_id": i, "unit_price": self.prices[i][0], "unit": self.prices[i][1],
+                   "currency": self.prices[i][2]} for i in ids if i in self.prices]
+        return web.json_response({"prices": prices, "next_cursor": None, "has_more": False})
+
     # --- control API for a ComfyUI in another process ------------------------------------------
 
     async def _control(self, request: web.Request) -> web.Response:
@@ -642,7 +671,7 @@ class FalEmulator:
             kind = data.pop("kind")
             self.fault(kind, **data)
         elif action == "config" and request.method == "POST":
-            for name in ("job_seconds", "queue_seconds", "queue_positions"):
+            for name in ("job_seconds", "queue_seconds", "queue_positions", "pricing_access"):
                 if name in data:
                     setattr(self, name, data[name])
         elif action == "reset" and request.method == "POST":
@@ -664,7 +693,7 @@ def main() -> None:
     args = parser.parse_args()
     emulator = FalEmulator(key=args.key, job_seconds=args.job_seconds, port=args.port).start()
     print(json.dumps({"queue_url": emulator.queue_url, "rest_url": emulator.rest_url,
-                      "cdn_url": emulator.cdn_url, "key": emulator.key}), flush=True)
+                      "cdn_url": emulator.cdn_url, "api_url": emulator.api_url, "key": emulator.key}), flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

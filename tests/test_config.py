@@ -47,3 +47,20 @@ def test_key_form_check():
     assert check_key_form(KEY) is None
     assert "key_id:key_secret" in check_key_form("just-a-secret")
     assert check_key_form("  ") == "the key is empty"
+
+
+def test_platform_api_url_from_env_gets_the_key_and_nothing_else_does():
+    cfg = FalConfig.from_env({"FAL_KEY": KEY, "FAL_API_URL": "http://127.0.0.1:9/api/v1/"})
+    assert cfg.api_url == "http://127.0.0.1:9/api/v1"
+    assert cfg.is_fal_host("http://127.0.0.1:9/api/v1/models/pricing")
+    assert not cfg.is_fal_host("http://127.0.0.1:9/api/v10")
+    assert FalConfig().api_url == "https://api.fal.ai/v1"
+
+
+def test_a_refused_keys_message_says_where_it_came_from_and_what_to_do(tmp_path):
+    key_file = tmp_path / "k"
+    key_file.write_text(KEY)
+    env_where, env_todo = FalConfig.from_env({"FAL_KEY": KEY}, key_place="the dialog").key_origin()
+    assert "environment" in env_where and "set FAL_KEY" in env_todo and "the dialog" in env_todo
+    file_where, file_todo = FalConfig.from_env({}, key_file=key_file, key_place="the dialog").key_origin()
+    assert file_where == "the dialog" and "enter a valid key" in file_todo

@@ -163,4 +163,5 @@ def test_register_adds_the_route_to_comfyuis_server_and_is_a_no_op_without_it(mo
     monkeypatch.setitem(sys.modules, "server", server)
     register()
     assert sorted((r.method, r.path) for r in prompt_server.routes) == [
-        ("DELETE", "/fal/key"), ("GET", "/fal/key"), ("POST", "/fal/key")]
+        ("DELETE", "/fal/key"), ("GET", "/fal/budget"), ("GET", "/fal/key"), ("GET", "/fal/price"),
+        ("POST", "/fal/budget"), ("POST", "/fal/key"), ("POST", "/fal/key/test")]
