@@ -24,8 +24,15 @@ from .img2img import img2img
 from .journal import COMPLETED, Journal
 from .journal import default_path as default_journal_path
 from .queue import Update
+from .redaction import redact
 
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+
+
+def _print(text: object, *, file=None, flush: bool = False) -> None:
+    """Every line the command line writes, to stdout or stderr: fal's answers may echo the key,
+    so it is redacted first."""
+    print(redact(str(text)), file=file or sys.stdout, flush=flush)
 
 
 def _add_schema_options(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +115,7 @@ class _Reporter:
 
     def say(self, text: str) -> None:
         if not self.quiet:
-            print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=sys.stderr, flush=True)
+            _print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=sys.stderr, flush=True)
 
 
 def _read_image(source: str) -> str | bytes:
@@ -147,12 +154,12 @@ async def _save(fal: FalClient, urls: Sequence[str], out_dir: Path, stem: str) -
 def _list_journal(book: Journal) -> None:
     entries = book.entries()
     if not entries:
-        print(f"no requests in the last {book.retention / 3600:g} h in {book.path}", file=sys.stderr)
+        _print(f"no requests in the last {book.retention / 3600:g} h in {book.path}", file=sys.stderr)
     for entry in entries:
         fields = entry.fields or {}
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time))
         prompt = str(fields.get("prompt", ""))[:40]
-        print(f"{when}  {entry.state:<9}  {entry.request_id or '(no id: answer lost)':<36}  "
+        _print(f"{when}  {entry.state:<9}  {entry.request_id or '(no id: answer lost)':<36}  "
               f"seed={fields.get('seed')}  {prompt!r}")
 
 
@@ -162,7 +169,7 @@ async def _fetch_from_journal(fal: FalClient, book: Journal, request_id: str, ou
     if entry is None or entry.handle is None:
         raise InputError([schema.FieldError("request_id", request_id, f"is not in the journal {book.path}")])
     output = entry.result if entry.state == COMPLETED else await fal.queue.result(entry.handle)
-    print(json.dumps(output, indent=2))
+    _print(json.dumps(output, indent=2))
     if out_dir is not None:
         await _save_output(fal, output, request_id, out_dir, report)
 
@@ -194,31 +201,31 @@ async def _main(args: argparse.Namespace) -> int:
                 if flagged:
                     report.say(f"warning: fal flagged {path} as NSFW")
             if args.json:
-                print(json.dumps({**result.raw, "request_id": result.handle.request_id}, indent=2))
+                _print(json.dumps({**result.raw, "request_id": result.handle.request_id}, indent=2))
             else:
-                print("\n".join(str(p) for p in paths))
+                _print("\n".join(str(p) for p in paths))
         elif args.command == "upload":
             for path in args.files:
                 data = path.read_bytes()
                 mime = sniff_mime(data) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                print(await fal.storage.upload(data, mime, file_name=path.name))
+                _print(await fal.storage.upload(data, mime, file_name=path.name))
         else:
             handle = fal.queue.handle(args.app_id, args.request_id)
             if args.command == "status":
                 status = await fal.queue.status(handle, logs=True)
-                print(json.dumps({"request_id": args.request_id, "status": status.state,
+                _print(json.dumps({"request_id": args.request_id, "status": status.state,
                                   "queue_position": status.queue_position, "error": status.error,
                                   "error_type": status.error_type, "metrics": status.metrics}, indent=2))
                 for line in status.logs or ():
-                    print(f"{line.timestamp} {line.level} {line.message}", file=sys.stderr)
+                    _print(f"{line.timestamp} {line.level} {line.message}", file=sys.stderr)
             elif args.command == "result":
                 output = await fal.queue.result(handle)
-                print(json.dumps(output, indent=2))
+                _print(json.dumps(output, indent=2))
                 if args.output_dir is not None:
                     await _save_output(fal, output, args.request_id, args.output_dir, report)
             else:
                 accepted = await fal.queue.cancel(handle)
-                print("cancellation requested" if accepted else "the request had already finished")
+                _print("cancellation requested" if accepted else "the request had already finished")
     return 0
 
 
@@ -227,11 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_main(args))
     except KeyboardInterrupt:
-        print("stopped; a request that was running has been cancelled at fal", file=sys.stderr)
+        _print("stopped; a request that was running has been cancelled at fal", file=sys.stderr)
         return 130
     except (InputError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print(f"error: {exc}", file=sys.stderr)
         return 2
     except FalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
+from . import redaction
 from .errors import ConfigError, MissingKeyError
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
@@ -31,18 +32,14 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        redaction.register(value)
 
     def reveal(self) -> str:
         return self._value
 
     def redact(self, text: str) -> str:
-        """Replace every occurrence of the secret (or its halves) in ``text`` by ``***``."""
-        if not self._value:
-            return text
-        for part in (self._value, *self._value.split(":")):
-            if len(part) >= 6:
-                text = text.replace(part, "***")
-        return text
+        """Replace every occurrence of the secret (or its halves), in any form, by ``***``."""
+        return redaction.redact(text)
 
     def __repr__(self) -> str:
         return "Secret('***')"

@@ -26,9 +26,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .redaction import redact, redact_value
+
 
 class FalError(Exception):
-    """Base class of every error fal_core raises."""
+    """Base class of every error fal_core raises. Its message never holds a key: whatever fal's
+    answer echoed is redacted here, the one door every message goes through."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(FalError):
@@ -54,7 +60,7 @@ class FieldError:
     message: str
 
     def __str__(self) -> str:
-        shown = repr(self.value)
+        shown = redact(repr(self.value))
         if len(shown) > 80:
             shown = shown[:60] + "..." + shown[-12:]
         return f"{self.field}={shown}: {self.message}"
@@ -85,10 +91,10 @@ class TransportError(FalError):
         self, message: str, *, url: str | None = None, attempts: int = 1,
         maybe_delivered: bool = False, cause: str = "",
     ) -> None:
-        self.url = url
+        self.url = None if url is None else redact(url)
         self.attempts = attempts
         self.maybe_delivered = maybe_delivered
-        self.cause = cause
+        self.cause = redact(cause)
         super().__init__(message)
 
 
@@ -127,10 +133,10 @@ class HTTPStatusError(FalError):
         error_type: str | None = None,
     ) -> None:
         self.status_code = status_code
-        self.detail = detail
-        self.url = url
-        self.request_id = request_id
-        self.error_type = error_type
+        self.detail = redact_value(detail)
+        self.url = None if url is None else redact(url)
+        self.request_id = None if request_id is None else redact(request_id)
+        self.error_type = None if error_type is None else redact(error_type)
         super().__init__(message)
 
 
@@ -162,8 +168,8 @@ class AppError(RequestError):
     """The app ran and reported a failure (status COMPLETED with ``error``)."""
 
     def __init__(self, message: str, *, request_id: str | None, error: str, error_type: str | None) -> None:
-        self.error = error
-        self.error_type = error_type
+        self.error = redact(error) if isinstance(error, str) else error
+        self.error_type = redact(error_type) if isinstance(error_type, str) else error_type
         super().__init__(message, request_id=request_id)
 
 

@@ -11,7 +11,9 @@ every field, seed included, and the input picture's content). Its latest record 
   checks (or forces a new request);
 - ``failed`` / ``cancelled``: never reused.
 
-The key is never written: records hold ids, URLs, the fields (pictures as digests) and results.
+The key is never written: records hold ids, URLs, the fields (pictures as digests) and results,
+and every record passes through ``redaction`` on its way to the disk, so a key that fal's answer
+echoed is not written either.
 Lines that cannot be read (a crash mid-write, a hand edit) are skipped with a warning.
 """
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from .redaction import redact_value
 from .status import RequestHandle
 
 try:
@@ -89,6 +92,12 @@ def default_path() -> Path:
     return Path(os.environ.get("FAL_JOURNAL") or DEFAULT_PATH)
 
 
+def _line(record: Mapping[str, Any]) -> bytes:
+    """A record as the journal stores it. The one write boundary: whatever fal's answers echoed,
+    no key reaches the disk."""
+    return (json.dumps(redact_value(dict(record)), separators=(",", ":")) + "\n").encode()
+
+
 class Journal:
     def __init__(self, path: Path | str, *, retention: float = RETENTION) -> None:
         self.path = Path(path)
@@ -119,7 +128,7 @@ class Journal:
     def _append(self, fp: str, state: str, **facts: Any) -> None:
         record = {"fingerprint": fp, "state": state, "time": time.time(),
                   **{k: v for k, v in facts.items() if v is not None}}
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = _line(record)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked():
             # Opened per record, so a compaction (which replaces the file) never strands a writer
@@ -214,7 +223,7 @@ class Journal:
             tmp = self.path.with_name(self.path.name + ".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.writelines((json.dumps(r, separators=(",", ":")) + "\n").encode() for r in kept)
+                f.writelines(_line(r) for r in kept)
             os.replace(tmp, self.path)
             return len(records) - len(kept)
 

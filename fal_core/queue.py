@@ -21,6 +21,7 @@ from .errors import (
     AppError, FalError, HTTPStatusError, RequestCancelled, RequestTimeout, ResponseError,
     SubmitUncertainError, TransportError, ValidationError,
 )
+from .redaction import excerpt
 from .retry import NO_RETRY, RetryPolicy
 from .sse import iter_data
 from .status import AppId, LogLine, RequestHandle, Status
@@ -345,4 +346,4 @@ def _loads(text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
-        raise ResponseError(f"fal's answer to the {what} is not JSON: {text[:200]!r}") from None
+        raise ResponseError(f"fal's answer to the {what} is not JSON: {excerpt(text)}") from None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .errors import FieldError, InputError, ResponseError
+from .redaction import excerpt
 
 ENDPOINT = "fal-ai/stable-diffusion-v3-medium/image-to-image"
 
@@ -229,11 +230,11 @@ class Img2ImgOutput:
     def from_json(cls, data: Any, request_id: str | None = None) -> "Img2ImgOutput":
         where = f" (request {request_id})" if request_id else ""
         if not isinstance(data, Mapping) or not isinstance(data.get("images"), list):
-            raise ResponseError(f"fal's result{where} has no 'images' list; it starts: {str(data)[:200]!r}")
+            raise ResponseError(f"fal's result{where} has no 'images' list; it starts: {excerpt(data)}")
         images = []
         for i, item in enumerate(data["images"]):
             if not isinstance(item, Mapping) or not isinstance(item.get("url"), str):
-                raise ResponseError(f"fal's result{where}: images[{i}] has no 'url': {str(item)[:200]!r}")
+                raise ResponseError(f"fal's result{where}: images[{i}] has no 'url': {excerpt(item)}")
             images.append(OutputImage(
                 url=item["url"], width=item.get("width"), height=item.get("height"),
                 content_type=item.get("content_type") or "image/jpeg",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ResponseError
+from .redaction import excerpt
 
 IN_QUEUE = "IN_QUEUE"
 IN_PROGRESS = "IN_PROGRESS"
@@ -70,7 +71,7 @@ class RequestHandle:
     @classmethod
     def from_submit(cls, queue_url: str, app_id: str, data: Any) -> "RequestHandle":
         if not isinstance(data, Mapping) or not isinstance(data.get("request_id"), str):
-            raise ResponseError(f"fal's answer to the submit to {app_id} has no request_id: {str(data)[:200]!r}")
+            raise ResponseError(f"fal's answer to the submit to {app_id} has no request_id: {excerpt(data)}")
         fallback = cls.from_request_id(queue_url, app_id, data["request_id"])
         return cls(
             app_id=app_id,
@@ -114,7 +115,7 @@ class Status:
     @classmethod
     def parse(cls, data: Any) -> "Status":
         if not isinstance(data, Mapping) or data.get("status") not in (IN_QUEUE, IN_PROGRESS, COMPLETED):
-            raise ResponseError(f"fal sent a status we do not know: {str(data)[:200]!r}")
+            raise ResponseError(f"fal sent a status we do not know: {excerpt(data)}")
         logs = data.get("logs")
         return cls(
             state=data["status"],

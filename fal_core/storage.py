@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import AuthError, HTTPStatusError, ResponseError, TransportError
 from .images import to_data_uri
+from .redaction import excerpt
 from .retry import RetryPolicy
 from .transport import Transport
 
@@ -219,7 +220,7 @@ def _json_object(content: bytes, what: str) -> dict:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise ResponseError(f"fal's answer to the {what} is not a JSON object: {content[:200]!r}")
+        raise ResponseError(f"fal's answer to the {what} is not a JSON object: {excerpt(content.decode('utf-8', 'replace'))}")
     return body
 
 

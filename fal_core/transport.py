@@ -17,6 +17,7 @@ import httpx
 from . import __version__
 from .config import FalConfig
 from .errors import AuthError, FieldError, FileError, HTTPStatusError, TransportError, ValidationError
+from .redaction import redact
 from .retry import RetryPolicy, retry_after_seconds, should_retry_exception, should_retry_response, surely_not_sent
 
 log = logging.getLogger("fal_core")
@@ -171,7 +172,7 @@ def _detail(response: httpx.Response) -> Any:
         body = response.json()
     except ValueError:
         text = response.text.strip()
-        return text[:300] if text else None
+        return redact(text)[:300] if text else None
     if isinstance(body, Mapping):
         return body.get("detail", body.get("error", body))
     return body
@@ -182,7 +183,7 @@ def _detail_text(detail: Any) -> str:
         return "no details given"
     if isinstance(detail, str):
         return detail
-    return str(detail)[:500]
+    return redact(str(detail))[:500]
 
 
 def _field_error(item: Any) -> FieldError:

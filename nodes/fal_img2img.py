@@ -43,7 +43,10 @@ def summarize(results: list) -> str:
         if isinstance(value, list):
             return [shrink(v) for v in value]
         return value
-    return json.dumps([{"request_id": r.handle.request_id, **shrink(r.raw)} for r in results], indent=2)
+    from ..fal_core.redaction import redact
+
+    # fal's answers may echo the key: the output is redacted like every other text that leaves.
+    return redact(json.dumps([{"request_id": r.handle.request_id, **shrink(r.raw)} for r in results], indent=2))
 
 
 class FalSD3Img2Img:

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..fal_core.redaction import redact, redact_value
+
 if TYPE_CHECKING:
     from ..fal_core.queue import Update
 
@@ -79,10 +81,10 @@ class RunStatus:
             lines.append(f"warning: {self.warning}")
         if self.error:
             lines.append(f"error: {self.error}")
-        return "\n".join(lines)
+        return redact("\n".join(lines))
 
     def event(self) -> dict:
-        return {
+        return redact_value({
             "node": self.node_id,
             "elapsed": round(self.elapsed(), 2),
             "finished": self.finished,
@@ -90,4 +92,4 @@ class RunStatus:
             "warning": self.warning,
             "items": [{"phase": it.phase, "queue_position": it.queue_position, "request_id": it.request_id,
                        "log": it.last_log} for it in self.items],
-        }
+        })

@@ -10,6 +10,12 @@ to the requested size with nearest-neighbour sampling, as PNG (see ``expected_ou
 Faults are queued per kind of call with ``fault()`` and consumed in order. Every call is
 recorded (``calls()``, ``count()``) so tests assert what fal would have received and charged.
 
+Hostile answers, as an attacker controlling the other end would send them: ``echo_key = True``
+echoes the caller's ``Authorization`` into every answer (literally, JSON-escaped and URL-encoded,
+in bodies, log lines, errors and a header); a fault's ``patch`` merges fields into one JSON answer
+(foreign URLs, odd request ids, extra images), ``pad`` grows it by that many bytes, and
+``endless`` sends a body (or, on the status stream, one line) that never ends.
+
 Semantics chosen where fal's are not documented:
 - the result of a request that is not finished: 400 ``{"detail": "Request is still in progress"}``;
 - cancel of a running or queued request: 202, and the request ends COMPLETED with error
@@ -38,6 +44,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from aiohttp import web
@@ -84,6 +91,9 @@ class Fault:
     delay: float | None = None
     refuse: bool = False
     drop_mid: bool = False
+    patch: dict | None = None
+    pad: int | None = None
+    endless: bool = False
 
 
 @dataclass
@@ -161,6 +171,7 @@ class FalEmulator:
         }
         # False: this key may not read prices (fal answers 403), as some keys may not.
         self.pricing_access = True
+        self.echo_key = False
 
     # --- control, from the test's thread ---------------------------------------------------
 
@@ -301,10 +312,55 @@ class FalEmulator:
                 return self._record(call, self._fault_response(fault))
             if fault.refuse:
                 return self._record(call, web.json_response({"detail": "Method Not Allowed"}, status=405))
+            if fault.endless and kind != "stream":
+                return await self._endless(request, call)
         response = await handler(request, call, match.groupdict(), fault)
         if fault is not None and fault.drop == "after":
             return self._abort(request, call)
-        return self._record(call, response)
+        if fault is not None and (fault.patch or fault.pad):
+            response = self._patched(response, fault)
+        return self._record(call, self._echoed(call, response))
+
+    @staticmethod
+    def _patched(response: web.StreamResponse, fault: Fault) -> web.StreamResponse:
+        data = json.loads(response.body)
+        data.update(fault.patch or {})
+        if fault.pad:
+            data["padding"] = "x" * fault.pad
+        patched = web.json_response(data, status=response.status)
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                patched.headers[name] = value
+        return patched
+
+    def _echoed(self, call: Call, response: web.StreamResponse) -> web.StreamResponse:
+        """In hostile mode, the caller's Authorization in every form inside the answer."""
+        auth = call.headers.get("authorization")
+        if not self.echo_key or not auth or not isinstance(response, web.Response) or response.body is None:
+            return response
+        response.headers["X-Echo-Authorization"] = auth
+        if response.content_type == "application/json":
+            data = json.loads(response.body)
+            if isinstance(data, dict):
+                if isinstance(data.get("detail"), str):
+                    data["detail"] += f" (request sent with Authorization: {auth})"
+                data["echo"] = {"authorization": auth, "escaped": "__ESCAPED__", "url_encoded": quote(auth, safe="")}
+            text = json.dumps(data).replace('"__ESCAPED__"', '"' + "".join(f"\\u{ord(c):04x}" for c in auth) + '"')
+            response.body = text.encode()
+        elif response.content_type.startswith("text/"):
+            response.body = response.body + f"<!-- Authorization: {auth} -->".encode()
+        return response
+
+    async def _endless(self, request: web.Request, call: Call) -> web.StreamResponse:
+        """A JSON answer that never ends (stops at 1 GiB or when the client goes)."""
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        call.status = 200
+        await response.write(b'{"padding": "')
+        chunk = b"x" * 65536
+        for _ in range(16384):
+            await response.write(chunk)
+        return response
 
     @staticmethod
     def _record(call: Call, response: web.StreamResponse) -> web.StreamResponse:
@@ -473,6 +529,13 @@ class FalEmulator:
             body.update(error="Request cancelled", error_type="RequestCancelled")
         elif state == "COMPLETED" and job.fail:
             body.update(error=job.fail, error_type=job.error_type or "AppError")
+        if self.echo_key:
+            auth = f"Key {self.key}"
+            for line in lines:
+                line["message"] += f" (Authorization: {auth})"
+            if body.get("error"):
+                body["error"] += f" (Authorization: {auth})"
+            body["echo"] = {"authorization": auth, "url_encoded": quote(auth, safe="")}
         return body
 
     def _find(self, call: Call, groups: dict) -> tuple[Job | None, web.Response | None]:
@@ -503,6 +566,13 @@ class FalEmulator:
         call.status = 200
         last = None
         sent = 0
+        if fault is not None and fault.endless:
+            # One line with no end: a client that buffers whole lines grows without bound.
+            await response.write(b"data: ")
+            chunk = b"x" * 65536
+            for _ in range(16384):
+                await response.write(chunk)
+            return response
         while True:
             body = self._status_body(job, self._wants_logs(request))
             if body != last:
@@ -671,7 +741,7 @@ class FalEmulator:
             kind = data.pop("kind")
             self.fault(kind, **data)
         elif action == "config" and request.method == "POST":
-            for name in ("job_seconds", "queue_seconds", "queue_positions", "pricing_access"):
+            for name in ("job_seconds", "queue_seconds", "queue_positions", "pricing_access", "echo_key"):
                 if name in data:
                     setattr(self, name, data[name])
         elif action == "reset" and request.method == "POST":

@@ -1,0 +1,97 @@
+"""Hostile answers, hostile pages and bad input: the key never leaks, memory stays bounded,
+nothing is fetched or sent that should not be."""
+
+import asyncio
+import json
+import logging
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfyui_fal_sd3.fal_core import redaction
+from comfyui_fal_sd3.fal_core.config import Secret
+from comfyui_fal_sd3.fal_core.errors import AppError, FalError
+from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img
+from fal_emulator import expected_output
+from test_cli import cli
+from test_fal_nodes import DEFAULTS, _fake_comfyui, as_uint8, batch, picture
+
+KEY_ID = "8f1c2e3d-4b5a-6978-8a9b-0c1d2e3f4a5b"
+KEY_SECRET = "0123456789abcdef0123456789abcdef"
+KEY = f"{KEY_ID}:{KEY_SECRET}"
+
+
+def forms(key: str) -> list[str]:
+    """The ways a key can show up in an answer: each half, URL-encoded, JSON-escaped."""
+    escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+    return [*key.split(":"), quote(key, safe=""), escaped, escaped.upper().replace("\\U", "\\u")]
+
+
+def leaked(text: str, key: str = KEY) -> list[str]:
+    return [form for form in forms(key) if form.lower() in text.lower()]
+
+
+def test_redact_covers_literal_escaped_encoded_and_halves():
+    Secret(KEY)
+    escaped = "".join(f"\\u{ord(c):04x}" for c in KEY)
+    mixed = KEY_ID + "%3a" + KEY_SECRET[:10] + "".join(f"\\u{ord(c):04X}" for c in KEY_SECRET[10:])
+    text = f"a {KEY} b {quote(KEY, safe='')} c {escaped} d {mixed} e {KEY_SECRET} f {KEY_ID}"
+    assert redaction.redact(text) == "a *** b *** c *** d *** e *** f ***"
+    assert redaction.redact_value({"x": [f"Key {KEY}", 3, {"y": KEY_SECRET}]}) == {"x": ["Key ***", 3, {"y": "***"}]}
+    # An excerpt redacts before it cuts, so no half of the key survives the cut.
+    assert redaction.excerpt("." * 190 + KEY, 200) == repr("." * 190 + "***")
+    assert FalError(f"boom {KEY}").args == ("boom ***",)
+
+
+def test_the_fal_loggers_never_print_the_key(caplog):
+    Secret(KEY)
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("fal_core").warning("answer: %s", {"echo": quote(KEY, safe="")})
+        logging.getLogger("fal_sd3").info(f"answer {KEY}")
+    assert not leaked(caplog.text) and "***" in caplog.text
+
+
+def test_a_hostile_fal_echoing_the_key_in_every_answer_leaks_it_nowhere(fal_emulator, monkeypatch, tmp_path, caplog):
+    fal_emulator.key = KEY
+    fal_emulator.echo_key = True
+    for name, value in fal_emulator.env().items():
+        monkeypatch.setenv(name, value)
+    state = tmp_path / "state"
+    monkeypatch.setenv("FAL_SD3_STATE_DIR", str(state))
+    shown = _fake_comfyui(monkeypatch)
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+
+    pic = picture()
+    images, _, _, response = asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(pic), "unique_id": "7"}))
+    assert np.array_equal(as_uint8(images)[0], expected_output(pic, 0, None))
+    seen.append(response)
+    # sync_mode puts the pictures inside the answer; a failed app puts fal's error in the exception.
+    asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(pic), "sync_mode": True, "seed": 2}))
+    fal_emulator.next_job(fail="CUDA out of memory")
+    with pytest.raises(AppError) as failure:
+        asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(pic), "seed": 3, "unique_id": "7"}))
+    seen += [str(failure.value), repr(failure.value.args), str(failure.value.error)]
+    seen += shown["text"] + [json.dumps(shown["events"])]
+    seen.append(caplog.text)
+    journal = (state / "journal.jsonl").read_text()
+    assert journal.count("\n") >= 5
+    seen.append(journal)
+
+    request_id = json.loads(response)[0]["request_id"]
+    env = {**fal_emulator.env(), "FAL_JOURNAL": str(state / "journal.jsonl")}
+    source = tmp_path / "in.png"
+
+    Image.fromarray(pic).save(source)
+    for args in (("status", request_id), ("result", request_id), ("journal",), ("journal", "--fetch", request_id),
+                 ("img2img", str(source), "--prompt", "p", "--json", "-o", str(tmp_path / "out")),
+                 ("cancel", request_id)):
+        out = cli(*args, env=env)
+        assert out.returncode == 0, out.stderr
+        seen += [out.stdout, out.stderr]
+
+    assert "(Authorization: Key ***)" in str(failure.value)  # the echo arrived, redacted
+    for text in seen:
+        assert not leaked(text), (leaked(text), text[:2000])
