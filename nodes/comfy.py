@@ -121,3 +121,9 @@ def free_models() -> None:
     if mm is not None:
         mm.unload_all_models()
         mm.soft_empty_cache()
+
+
+def model_management_modules() -> tuple[ModuleType, ModuleType] | None:
+    """ComfyUI's ``comfy.model_management`` and ``comfy.model_patcher``, or None outside ComfyUI."""
+    mm, mp = _module("comfy.model_management"), _module("comfy.model_patcher")
+    return (mm, mp) if mm is not None and mp is not None else None

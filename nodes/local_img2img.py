@@ -53,7 +53,7 @@ class DiffusersSD3Img2Img:
     @classmethod
     def INPUT_TYPES(cls):
         from .local_models import CUSTOM_PATH, choices
-        from .local_pipeline import DEVICES, DTYPES, OFFLOADS, T5_MODES
+        from .local_pipeline import DEVICES, DTYPES, OFFLOADS, T5_MODES, dtype_tooltip
 
         return {
             "required": {
@@ -76,7 +76,7 @@ class DiffusersSD3Img2Img:
                 "model_path": ("STRING", {"default": "", "tooltip": (
                     "A diffusers folder or .safetensors checkpoint anywhere on disk; wins over model when set.")}),
                 "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: ComfyUI's device, else cuda, mps, cpu."}),
-                "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto: fp16 on a GPU, fp32 on the CPU."}),
+                "dtype": (list(DTYPES), {"default": "auto", "tooltip": dtype_tooltip()}),
                 "t5": (list(T5_MODES), {"default": "auto", "tooltip": (
                     "The T5-XXL text encoder: off saves ~9.5 GB in fp16 at some cost in prompt following; "
                     "auto uses it when the model has it.")}),
@@ -93,14 +93,16 @@ class DiffusersSD3Img2Img:
     def run(self, model, image, prompt, negative_prompt, num_inference_steps, seed, guidance_scale, num_images,
             strength, image_size=None, model_path="", device="auto", dtype="auto", t5="auto", offload="none",
             config_path="", unique_id=None):
+        from .local_models import resolve
+        from .local_pipeline import LoadOptions, require_diffusers
+
+        # First: without diffusers nothing else can help, whatever else is wrong.
+        require_diffusers()
         params = schema.validate({
             "image_url": "<image>", "prompt": prompt, "negative_prompt": negative_prompt,
             "num_inference_steps": num_inference_steps, "seed": seed, "guidance_scale": guidance_scale,
             "num_images": num_images, "strength": strength,
         })
-        from .local_models import resolve
-        from .local_pipeline import LoadOptions
-
         width, height = target_size(image, image_size)
         pixels = fit(image, width, height)
         source = resolve(model, model_path)
@@ -111,17 +113,17 @@ class DiffusersSD3Img2Img:
 
     def generate(self, pipe, pixels: torch.Tensor, params: dict[str, Any], node_id: str | None) -> list[torch.Tensor]:
         """Run every picture of the batch, seed + i for picture i, with progress and interrupt per step."""
+        from .local_memory import DENOISING
+        from .local_prompt import repeated
+
         count = pixels.shape[0]
         bar = comfy.Progress(count * params["num_inference_steps"], node_id)
-        guided = params["guidance_scale"] > 1
-        # Encoded once for the whole batch: with T5 on, encoding costs as much as a few steps.
-        embeds = pipe.encode_prompt(
-            prompt=params["prompt"], prompt_2=None, prompt_3=None, negative_prompt=params["negative_prompt"],
-            device=pipe._execution_device, num_images_per_prompt=params["num_images"],
-            do_classifier_free_guidance=guided,
-        )
-        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-        embeddings = {name: value for name, value in zip(names, embeds) if value is not None}
+        # Encoded once for the whole batch, and kept for the next run with the same prompt.
+        embeddings = repeated(self.cache.embeddings(params["prompt"], params["negative_prompt"],
+                                                    params["guidance_scale"] > 1), params["num_images"])
+        self.cache.ready(DENOISING)
+        # The VAE encodes the picture in its own dtype, on its own device.
+        pixels = pixels.to(pipe.vae.device, pipe.vae.dtype)
         results = []
         for index in range(count):
             if comfy.interrupted():

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import comfy, single_file
+from . import comfy, local_memory, local_prompt, single_file
 from .local_models import CHECKPOINT, LocalModelError, ModelSource
 
 PACK_DIR = Path(__file__).resolve().parents[1]
@@ -26,6 +26,7 @@ T5_MODES = ("auto", "on", "off")
 OFFLOADS = ("none", "model", "sequential")
 log = logging.getLogger("fal_sd3")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class Placement:
     dtype: torch.dtype
     use_t5: bool
     offload: str
+    # Why this dtype, for the log: auto's reason, or that the user chose it.
+    why: str = "chosen"
+
+    def describe(self) -> str:
+        return f"{_NAMES[self.dtype]} on {self.device.type} ({self.why})"
 
 
 def require_diffusers():
@@ -78,10 +84,44 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def cpu_bf16() -> str | None:
+    """The CPU feature that runs bf16 matrix products in hardware, or None (then bf16 is emulated, slower than fp32)."""
+    probes = (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
+    for feature, probe in probes:
+        check = getattr(torch.cpu, probe, None)
+        try:
+            if check is not None and check():
+                return feature
+        except RuntimeError:
+            pass
+    # ARM's bf16 instructions (BFMMLA), and x86 CPUs on a PyTorch without the probes above.
+    flags = _cpu_flags()
+    return next((f for f in ("amx_bf16", "avx512_bf16", "bf16") if f in flags), None)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.lower().startswith(("flags", "features"))
+            for flag in line.partition(":")[2].split()}
+
+
+def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
+    """What dtype auto means on ``device``, and why: the fastest one SD3 runs correctly in."""
+    if device.type == "cpu":
+        feature = cpu_bf16()
+        if feature is not None:
+            return torch.bfloat16, f"this CPU computes bf16 in hardware ({feature})"
+        return torch.float32, "this CPU has no hardware bf16 (AVX512-BF16, AMX or ARM BF16), so bf16 would be emulated"
+    # Half precision is what SD3 is published in and what GPUs run fast; fp16 works on every one.
+    return torch.float16, f"half precision on {device.type}"
+
+
 def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
     if choice == "auto":
-        # Half precision is what SD3 is published in and what GPUs run fast; CPUs run fp32 best.
-        return torch.float32 if device.type == "cpu" else torch.float16
+        return auto_dtype(device)[0]
     if choice not in _DTYPES:
         raise LocalModelError(f"dtype: {choice!r} is not one of {', '.join(DTYPES)}.")
     if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -89,10 +129,22 @@ def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
     return _DTYPES[choice]
 
 
+def dtype_tooltip() -> str:
+    """The dtype input's tooltip: the rule, and what auto picks on this machine."""
+    try:
+        device = pick_device("auto")
+    except LocalModelError:
+        device = torch.device("cpu")
+    dtype, why = auto_dtype(device)
+    return (f"auto: fp16 on a GPU; bf16 on a CPU with hardware bf16, else fp32. Here: {_NAMES[dtype]} on "
+            f"{device.type}, because {why}. Every component (text encoders included) runs in the one dtype.")
+
+
 def place(source: ModelSource, options: LoadOptions) -> Placement:
     """Check the options against the model and this machine before anything is loaded."""
     device = pick_device(options.device)
     dtype = pick_dtype(options.dtype, device)
+    why = f"dtype auto: {auto_dtype(device)[1]}" if options.dtype == "auto" else f"dtype {options.dtype}"
     if options.t5 not in T5_MODES:
         raise LocalModelError(f"t5: {options.t5!r} is not one of {', '.join(T5_MODES)}.")
     if options.t5 == "on" and not source.has_t5:
@@ -107,7 +159,8 @@ def place(source: ModelSource, options: LoadOptions) -> Placement:
             f"offload: {options.offload!r} moves weights between the CPU and a GPU, and this run is on the CPU; "
             "set offload to none."
         )
-    return Placement(device, dtype, options.t5 == "on" or (options.t5 == "auto" and source.has_t5), options.offload)
+    use_t5 = options.t5 == "on" or (options.t5 == "auto" and source.has_t5)
+    return Placement(device, dtype, use_t5, options.offload, why)
 
 
 def load(source: ModelSource, options: LoadOptions):
@@ -143,11 +196,14 @@ def load(source: ModelSource, options: LoadOptions):
         if isinstance(component, torch.nn.Module):
             component.eval()
     pipe.set_progress_bar_config(disable=True)
+    log.info("SD3 Img2Img (local): %s runs in %s", source.path.name, placement.describe())
+    # Under ComfyUI's model management the weights stay on its offload device until
+    # load_models_gpu moves them, making room first.
     if placement.offload == "model":
         pipe.enable_model_cpu_offload(device=placement.device)
     elif placement.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=placement.device)
-    else:
+    elif not local_memory.manages(placement.offload):
         pipe.to(placement.device)
     return pipe
 
@@ -156,32 +212,70 @@ class PipelineCache:
     """One loaded pipeline, kept between runs while the model and options stay the same.
 
     The node instance owns it, and ComfyUI owns node instances: removing the node or ComfyUI's
-    "free model and node cache" drops the instance and so the weights.
+    "free model and node cache" drops the instance and so the weights. Inside ComfyUI the
+    components are also ComfyUI models (``local_memory``), so its model management offloads them on
+    a GPU, and "Unload models" releases them on the CPU.
     """
 
     def __init__(self, loader: Callable[[ModelSource, LoadOptions], Any] = load) -> None:
         self._loader = loader
         self._key: tuple | None = None
         self._pipe: Any = None
+        self._managed: local_memory.Managed | None = None
+        # Emptied patchers of a released pipeline, kept until the next load: ComfyUI may release
+        # us while it walks its list of loaded models, which their deletion would change.
+        self._retired: local_memory.Managed | None = None
+        self.placement: Placement | None = None
+        self.prompts = local_prompt.PromptCache()
         self.loads = 0
+        self.releases = 0
 
     def get(self, source: ModelSource, options: LoadOptions):
         key = (source.key, options)
         if self._pipe is None or key != self._key:
             self.release()
-            # Make room first: ComfyUI's own models may fill the GPU.
-            comfy.free_models()
+            self._retired = None
+            placement = place(source, options)
+            managed = local_memory.manages(placement.offload)
+            if not managed:
+                # diffusers' offload places weights on the GPU behind ComfyUI's back: make room first.
+                comfy.free_models()
             started = time.monotonic()
             self._pipe = self._loader(source, options)
-            self._key = key
+            self._key, self.placement = key, placement
+            if managed:
+                self._managed = local_memory.Managed(self._pipe, placement.device, self._released_by_comfyui)
             self.loads += 1
             log.info("SD3 Img2Img (local): loaded %s in %.1f s", source.path, time.monotonic() - started)
         return self._pipe
 
+    def ready(self, components: tuple[str, ...]) -> None:
+        """Before ``components`` run: loaded onto the device through ComfyUI, which makes room for them."""
+        if self._managed is not None:
+            self._managed.ready(components)
+
+    def embeddings(self, prompt: str, negative_prompt: str, guided: bool) -> dict[str, torch.Tensor]:
+        """The prompt's embeddings (one row each), encoded on the first run with this prompt only."""
+        def compute():
+            self.ready(local_memory.TEXT_ENCODERS)
+            return local_prompt.encode(self._pipe, prompt, negative_prompt, guided, self.placement.device)
+
+        return self.prompts.get((prompt, negative_prompt if guided else None), compute)
+
+    def _released_by_comfyui(self) -> None:
+        log.info("SD3 Img2Img (local): ComfyUI unloaded the model; pipeline released")
+        self.release()
+
     def release(self) -> None:
         if self._pipe is None:
             return
-        self._pipe = self._key = None
+        if self._managed is not None:
+            self._managed.close()
+        self._retired = self._managed
+        self._pipe = self._key = self._managed = self.placement = None
+        self.prompts = local_prompt.PromptCache()
+        self.releases += 1
         gc.collect()
+        local_memory.trim_heap()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -8,13 +8,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from comfyui_server import EXAMPLES, requires_comfyui, queue_prompt, running_comfyui, wait_history
+from comfyui_server import EXAMPLES, ROOT, requires_comfyui, queue_prompt, running_comfyui, wait_history
 
 pytestmark = requires_comfyui
 MODEL = "diffusers/tiny-sd3"
@@ -131,3 +132,97 @@ def test_cancel_stops_the_run_within_a_step(comfyui):
     assert "execution_interrupted" in json.dumps(entry["status"]["messages"])
     # The step already running when Cancel reached the server may finish; no later step starts.
     assert max(values) <= interrupted_at + 2 < steps
+
+
+def comfyui_log(base) -> str:
+    return (base / "comfyui.log").read_text()
+
+
+def test_components_load_through_comfyuis_model_management_and_unload_models_releases_them(comfyui):
+    url, base = comfyui
+    loads = lambda: comfyui_log(base).count("SD3 Img2Img (local): loaded")
+    entry = wait_history(url, queue_prompt(url, local_prompt(seed=40)), timeout=300)
+    assert entry["status"]["status_str"] == "success"
+    # ComfyUI's load_models_gpu names each model it is asked to load.
+    assert "Requested to load SD3Component" in comfyui_log(base)
+    before = loads()
+    assert httpx.post(f"{url}/free", json={"unload_models": True}, timeout=10).status_code == 200
+    deadline = time.monotonic() + 60
+    while "ComfyUI unloaded the model; pipeline released" not in comfyui_log(base):
+        assert time.monotonic() < deadline, comfyui_log(base)[-3000:]
+        time.sleep(0.2)
+    entry = wait_history(url, queue_prompt(url, local_prompt(seed=41)), timeout=300)
+    assert entry["status"]["status_str"] == "success"
+    assert loads() == before + 1
+
+
+# Runs in ComfyUI's own Python with its model management imported (as inside ComfyUI on the CPU).
+MODEL_MANAGEMENT_SCRIPT = r"""
+import gc, importlib.util, json, sys, weakref
+from pathlib import Path
+root, tests, comfyui, model = map(Path, sys.argv[1:5])
+sys.argv = [sys.argv[0], "--cpu"]
+sys.path[:0] = [str(comfyui), str(tests)]
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.model_management as mm
+import torch
+spec = importlib.util.spec_from_file_location("comfyui_fal_sd3", root / "__init__.py",
+                                              submodule_search_locations=[str(root)])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["comfyui_fal_sd3"] = pack
+spec.loader.exec_module(pack)
+from comfyui_fal_sd3.nodes.local_img2img import DiffusersSD3Img2Img
+
+node = DiffusersSD3Img2Img()
+picture = torch.rand(1, 64, 64, 3)
+report = {}
+
+def run(seed):
+    node.run("custom path", picture, "a red cat", "", 4, seed, 5.0, 1, 0.75, model_path=str(model))
+
+def ours():
+    return sorted(m.model.name for m in mm.loaded_models() if type(m.model).__name__ == "SD3Component")
+
+run(1)
+report["registered"] = ours()
+report["load_device"] = str(node.cache._managed.patchers["transformer"].load_device)
+weights = weakref.ref(node.cache._pipe.transformer)
+# RAM is short (as ComfyUI reads it) and a node asks for a little: on the CPU ComfyUI would only
+# partially unload a model to the CPU, which frees nothing; the pipeline goes instead.
+free = mm.get_free_memory
+mm.get_free_memory = lambda dev=None, torch_free_too=False: (0, 0) if torch_free_too else 0
+mm.free_memory(1024, mm.get_torch_device())
+mm.get_free_memory = free
+gc.collect()
+report["after_free_memory"] = {"pipe": node.cache._pipe is not None, "weights_alive": weights() is not None}
+run(2)
+report["reregistered"] = ours()
+weights = weakref.ref(node.cache._pipe.transformer)
+mm.unload_all_models()  # what "Unload models" (POST /free) runs
+gc.collect()
+report["after_unload"] = {"pipe": node.cache._pipe is not None, "weights_alive": weights() is not None,
+                          "registered": ours()}
+run(3)
+report["loads"] = node.cache.loads
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_comfyuis_memory_calls_release_the_pipeline_on_the_cpu(tmp_path):
+    pytest.importorskip("diffusers")
+    import tiny_sd3
+
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    model = tiny_sd3.save(tmp_path / "tiny-sd3")
+    done = subprocess.run([python, "-c", MODEL_MANAGEMENT_SCRIPT, str(ROOT), str(ROOT / "tests"),
+                           os.environ["COMFYUI_DIR"], str(model)], capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    report = json.loads(lines[0][len("REPORT "):])
+    components = ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"]
+    assert report["registered"] == components and report["load_device"] == "cpu"
+    assert report["after_free_memory"] == {"pipe": False, "weights_alive": False}
+    assert report["reregistered"] == components
+    assert report["after_unload"] == {"pipe": False, "weights_alive": False, "registered": []}
+    assert report["loads"] == 3

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from comfyui_fal_sd3.nodes import comfy, local_models, single_file
+from comfyui_fal_sd3.nodes import comfy, local_models, local_pipeline, single_file
 from comfyui_fal_sd3.nodes.local_img2img import DiffusersSD3Img2Img
 from comfyui_fal_sd3.nodes.local_models import CUSTOM_PATH, LocalModelError
 from comfyui_fal_sd3.nodes.local_pipeline import LoadOptions, load, place
@@ -369,7 +369,150 @@ def test_shipped_configs_describe_sd3_medium():
     assert billions(t5) == pytest.approx(4.76, abs=0.01)
 
 
-def test_placement_on_the_cpu_is_fp32(tmp_path):
+# --- dtype auto: the fastest dtype SD3 runs correctly in on this machine -------------------
+
+@pytest.mark.parametrize("feature, expected", [("avx512_bf16", torch.bfloat16), ("amx_bf16", torch.bfloat16),
+                                               (None, torch.float32)])
+def test_dtype_auto_on_the_cpu_is_bf16_only_with_hardware_bf16(tmp_path, monkeypatch, feature, expected):
+    monkeypatch.setattr(local_pipeline, "cpu_bf16", lambda: feature)
     source = local_models.ModelSource(tmp_path, local_models.FOLDER, has_t5=False)
     placement = place(source, LoadOptions(device="cpu"))
-    assert (placement.device.type, placement.dtype, placement.use_t5) == ("cpu", torch.float32, False)
+    assert (placement.device.type, placement.dtype, placement.use_t5) == ("cpu", expected, False)
+    assert (feature or "no hardware bf16") in placement.describe()
+
+
+def test_dtype_auto_on_a_gpu_is_fp16_and_bf16_when_asked():
+    assert local_pipeline.pick_dtype("auto", torch.device("cuda")) == torch.float16
+    assert local_pipeline.pick_dtype("auto", torch.device("mps")) == torch.float16
+    assert local_pipeline.pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_hardware_bf16_is_read_from_the_cpu_flags_without_torch_probes(monkeypatch):
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.delattr(torch.cpu, probe, raising=False)
+    monkeypatch.setattr(local_pipeline, "_cpu_flags", lambda: {"sse2", "avx2", "avx512_bf16"})
+    assert local_pipeline.cpu_bf16() == "avx512_bf16"
+    monkeypatch.setattr(local_pipeline, "_cpu_flags", lambda: {"sse2", "avx2"})
+    assert local_pipeline.cpu_bf16() is None
+
+
+def test_dtype_tooltip_says_what_auto_chose_here_and_why(monkeypatch):
+    monkeypatch.setattr(local_pipeline, "cpu_bf16", lambda: "avx512_bf16")
+    tooltip = DiffusersSD3Img2Img.INPUT_TYPES()["optional"]["dtype"][1]["tooltip"]
+    assert "Here: bf16 on cpu" in tooltip and "avx512_bf16" in tooltip
+    monkeypatch.setattr(local_pipeline, "cpu_bf16", lambda: None)
+    assert "Here: fp32 on cpu" in DiffusersSD3Img2Img.INPUT_TYPES()["optional"]["dtype"][1]["tooltip"]
+
+
+def test_dtype_auto_runs_every_component_in_bf16_and_logs_the_choice_once(node, tiny_model, monkeypatch, caplog):
+    monkeypatch.setattr(local_pipeline, "cpu_bf16", lambda: "avx512_bf16")
+    with caplog.at_level("INFO", logger="fal_sd3"):
+        images, _ = run(node, tiny_model, device="cpu")
+        run(node, tiny_model, device="cpu", seed=8)
+    pipe = node.cache._pipe
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        assert getattr(pipe, name).dtype == torch.bfloat16, name
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    chosen = [r.getMessage() for r in caplog.records if "runs in bf16 on cpu" in r.getMessage()]
+    assert len(chosen) == 1 and "dtype auto: this CPU computes bf16 in hardware (avx512_bf16)" in chosen[0]
+
+
+# --- the context: ComfyUI's, without rows of padding ----------------------------------------
+
+def context_rows(node, tiny_model, **overrides):
+    run(node, tiny_model, dtype="fp32", **overrides)
+    (key,) = node.cache.prompts._entries
+    return node.cache.prompts._entries[key]["prompt_embeds"].shape[1]
+
+
+def test_without_t5_the_context_is_the_77_clip_rows(node, tiny_model):
+    assert context_rows(node, tiny_model, t5="off") == 77
+
+
+def test_with_t5_a_short_prompt_gets_77_t5_rows_and_a_long_one_all_it_needs(node, tiny_model):
+    assert context_rows(node, tiny_model) == 77 + 77
+    long_prompt = " ".join(["the red cat and the blue dog"] * 20)
+    tokens = len(node.cache._pipe.tokenizer_3(long_prompt).input_ids)
+    assert tokens > 77
+    assert context_rows(DiffusersSD3Img2Img(), tiny_model, prompt=long_prompt) == 77 + tokens
+
+
+def clip_only_reference(pipe, prompt, negative, image, seed, steps, strength, guidance):
+    """SD3 without T5 as ComfyUI conditions it (comfy/text_encoders/sd3_clip.py), computed here from
+    the text encoders: each CLIP's penultimate hidden states side by side, zero-padded to the
+    transformer's width, no T5 rows; pooled = CLIP-L's state at its end token (unprojected) and
+    CLIP-G's projected one."""
+    def clip(text):
+        rows, pooled = [], []
+        for tokenizer, encoder, projected in ((pipe.tokenizer, pipe.text_encoder, False),
+                                              (pipe.tokenizer_2, pipe.text_encoder_2, True)):
+            ids = tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+            out = encoder(ids, output_hidden_states=True)
+            rows.append(out.hidden_states[-2])
+            end = int((ids[0] == encoder.config.eos_token_id).nonzero()[0])
+            pooled.append(out.text_embeds if projected else out.last_hidden_state[:, end])
+        context = torch.cat(rows, dim=-1)
+        width = pipe.transformer.config.joint_attention_dim
+        return torch.nn.functional.pad(context, (0, width - context.shape[-1])), torch.cat(pooled, dim=-1)
+
+    with torch.inference_mode():
+        context, pooled = clip(prompt)
+        negative_context, negative_pooled = clip(negative)
+        out = pipe(image=image.permute(0, 3, 1, 2), height=image.shape[1], width=image.shape[2], strength=strength,
+                   num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed),
+                   prompt_embeds=context, pooled_prompt_embeds=pooled, negative_prompt_embeds=negative_context,
+                   negative_pooled_prompt_embeds=negative_pooled, output_type="pt").images
+    return out.permute(0, 2, 3, 1)
+
+
+def test_clip_only_path_matches_comfyuis_conditioning_not_diffusers_padding(node, tiny_model):
+    image = picture()
+    ours, _ = run(node, tiny_model, image=image, t5="off", dtype="fp32", negative_prompt="blurry")
+    pipe = node.cache._pipe
+    reference = clip_only_reference(pipe, PROMPT, "blurry", image, seed=7, steps=4, strength=0.75, guidance=5.0)
+    assert torch.allclose(ours, reference.clamp(0, 1), atol=1e-5)
+    with torch.inference_mode():  # diffusers' default: 256 zero rows of "T5" after the CLIP rows
+        padded = pipe(prompt=PROMPT, negative_prompt="blurry", image=image.permute(0, 3, 1, 2), height=64, width=96,
+                      strength=0.75, num_inference_steps=4, guidance_scale=5.0,
+                      generator=torch.Generator("cpu").manual_seed(7), output_type="pt").images.permute(0, 2, 3, 1)
+    assert (padded - ours).abs().max() > 1e-3
+
+
+# --- work done once: the prompt's embeddings -------------------------------------------------
+
+class EncoderCounter:
+    def __init__(self, pipe):
+        self.calls = 0
+        self._hook = pipe.text_encoder.register_forward_hook(self._count)
+
+    def _count(self, *_):
+        self.calls += 1
+
+    def remove(self):
+        self._hook.remove()
+
+
+def test_the_same_prompt_is_encoded_once_across_runs(node, tiny_model):
+    first, _ = run(node, tiny_model, seed=30)
+    counter = EncoderCounter(node.cache._pipe)
+    try:
+        again, _ = run(node, tiny_model, seed=30, strength=0.75)
+        other_seed, _ = run(node, tiny_model, seed=31, num_images=2)
+        assert counter.calls == 0
+        run(node, tiny_model, seed=30, prompt="a blue dog")
+        assert counter.calls == 2  # the prompt and the negative prompt, each once
+    finally:
+        counter.remove()
+    assert torch.equal(first, again)
+    assert other_seed.shape[0] == 2
+    fresh, _ = run(DiffusersSD3Img2Img(), tiny_model, seed=31, num_images=2)
+    assert torch.equal(other_seed, fresh)
+
+
+def test_embeddings_are_dropped_with_the_pipeline(node, tiny_model):
+    run(node, tiny_model)
+    assert node.cache.prompts.encodes == 1
+    run(node, tiny_model, t5="off")
+    assert node.cache.prompts.encodes == 1 and node.cache.loads == 2
+    node.cache.release()
+    assert node.cache.prompts.encodes == 0 and node.cache._pipe is None
