@@ -14,6 +14,7 @@ the daily budget, with today's spend.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
@@ -26,6 +27,8 @@ from ..fal_core.errors import ConfigError, FalError, HTTPStatusError, MissingKey
 from . import comfy, key_store
 
 ROUTE = "/fal/key"
+# Names (or host:port) besides loopback under which the user reaches ComfyUI, comma-separated.
+ALLOWED_HOSTS_ENV = "FAL_SD3_ALLOWED_HOSTS"
 KEY_TEST_ROUTE = "/fal/key/test"
 PRICE_ROUTE = "/fal/price"
 BUDGET_ROUTE = "/fal/budget"
@@ -64,6 +67,43 @@ def cross_origin(headers: Mapping[str, str], host: str | None) -> str | None:
     return None
 
 
+def untrusted_host(host: str | None, env: Mapping[str, str] = os.environ) -> str | None:
+    """Why ``host`` (the Host header) is not this server for sure (for a 403), or None.
+
+    DNS rebinding: a page on ``rebind.attacker.example`` points its name at 127.0.0.1, and the
+    browser then treats ComfyUI as that page's own site, Origin included. Only the Host header
+    still shows the attacker's name, so it must be a loopback name or address, or a name the user
+    allowed in FAL_SD3_ALLOWED_HOSTS.
+    """
+    try:
+        name = urlsplit("//" + (host or "")).hostname
+    except ValueError:
+        name = None
+    if name and (name == "localhost" or _is_loopback_address(name)):
+        return None
+    allowed = {h.strip().lower() for h in env.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip()}
+    if name and (name in allowed or (host or "").lower() in allowed):
+        return None
+    return (f"Host {host!r} is not this machine's loopback name or address; if ComfyUI is reached under that "
+            f"name, add it to {ALLOWED_HOSTS_ENV} (comma-separated) in ComfyUI's environment")
+
+
+def _is_loopback_address(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def refusal(headers: Mapping[str, str], host: str | None, env: Mapping[str, str] = os.environ) -> str | None:
+    """Why a request to a route that changes state or uses the key is refused, or None.
+
+    The one guard of every such route: the Host must be this machine (against DNS rebinding) and
+    the request must not come from another site.
+    """
+    return untrusted_host(host, env) or cross_origin(headers, host)
+
+
 def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
                env: Mapping[str, str] = os.environ) -> None:
     """Add the key route to an aiohttp ``RouteTableDef`` (ComfyUI's ``PromptServer.routes``).
@@ -87,10 +127,11 @@ def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
             return answer(500, error=str(exc))
 
     def same_origin_only(handler):
+        """Every route goes through :func:`refusal`: this server's own page only."""
         async def guarded(request: web.Request) -> web.Response:
-            reason = cross_origin(request.headers, request.host)
+            reason = refusal(request.headers, request.host, env)
             if reason is not None:
-                log.warning("fal key route: refused a request from another site (%s)", reason)
+                log.warning("fal route %s: refused a request (%s)", request.path, reason)
                 return answer(403, error=f"refused: {reason}; change the fal key from ComfyUI's own page")
             return await handler(request)
         return guarded

@@ -165,3 +165,52 @@ def test_register_adds_the_route_to_comfyuis_server_and_is_a_no_op_without_it(mo
     assert sorted((r.method, r.path) for r in prompt_server.routes) == [
         ("DELETE", "/fal/key"), ("GET", "/fal/budget"), ("GET", "/fal/key"), ("GET", "/fal/price"),
         ("POST", "/fal/budget"), ("POST", "/fal/key"), ("POST", "/fal/key/test")]
+
+
+REBIND = {"Host": "rebind.attacker.example", "Origin": "http://rebind.attacker.example"}
+
+
+def test_dns_rebinding_cannot_change_or_read_the_key(key_file):
+    """A page whose name now points at 127.0.0.1 sends a matching Origin; its Host gives it away."""
+    answers = call({}, key_file, ("POST", {"key": KEY}, REBIND), ("GET", None, REBIND))
+    assert [status for status, _ in answers] == [403, 403]
+    assert "rebind.attacker.example" in answers[0][1]["error"] and "FAL_SD3_ALLOWED_HOSTS" in answers[0][1]["error"]
+    assert not key_file.exists()
+    call({}, key_file, ("POST", {"key": KEY}, {}))
+    ((status, _),) = call({}, key_file, ("DELETE", None, REBIND))
+    assert status == 403 and key_file.read_text() == KEY + "\n"
+
+
+def test_a_host_the_user_allowed_is_served(key_file):
+    env = {"FAL_SD3_ALLOWED_HOSTS": " comfy.lan , studio-box:8188"}
+    lan = {"Host": "comfy.lan:8188", "Origin": "http://comfy.lan:8188"}
+    box = {"Host": "studio-box:8188", "Origin": "http://studio-box:8188"}
+    other_port = {"Host": "studio-box:9000", "Origin": "http://studio-box:9000"}
+    answers = call(env, key_file, ("POST", {"key": KEY}, lan), ("GET", None, box), ("DELETE", None, other_port))
+    assert [status for status, _ in answers] == [200, 200, 403]
+
+
+@pytest.mark.parametrize("host, trusted", [
+    ("127.0.0.1:8188", True), ("127.8.9.10", True), ("localhost:8188", True), ("LOCALHOST", True),
+    ("[::1]:8188", True), ("rebind.attacker.example", False), ("localhost.attacker.example", False),
+    ("127.0.0.1.attacker.example", False), ("192.168.1.20:8188", False), ("", False), ("[::1", False),
+])
+def test_untrusted_host(host, trusted):
+    from comfyui_fal_sd3.nodes.routes import untrusted_host
+    assert (untrusted_host(host, {}) is None) == trusted
+
+
+def test_every_route_goes_through_the_one_guard(key_file, monkeypatch, tmp_path):
+    """Routes added later (the key test, price, budget...) are refused to a rebinding page too."""
+    monkeypatch.setenv("FAL_SD3_STATE_DIR", str(tmp_path / "state"))
+    table = web.RouteTableDef()
+    add_routes(table, key_file=lambda: key_file, env={})
+    app = web.Application()
+    app.add_routes(table)
+
+    async def go():
+        async with TestClient(TestServer(app)) as client:
+            return {(r.method, r.path): (await client.request(r.method, r.path, headers=REBIND, json={})).status
+                    for r in table}
+    statuses = asyncio.run(go())
+    assert len(statuses) >= 3 and set(statuses.values()) == {403}, statuses
