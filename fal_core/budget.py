@@ -91,6 +91,6 @@ def check(budget: Budget, spent_today: float, price: float, currency: str = "USD
     where = ENV if budget.source == "env" else file_place
     raise BudgetExceeded(
         f"Daily fal budget: this run would cost {price:.3f} {currency}, {spent_today:.3f} {currency} is spent "
-        f"today and the limit is {budget.daily:.2f} {currency} (set in {where}); nothing was sent to fal. "
+        f"today and the limit is {budget.daily:.3f} {currency} (set in {where}); nothing was sent to fal. "
         "Raise or clear the budget, or run again tomorrow.",
         spent=spent_today, price=price, limit=budget.daily)

@@ -1,7 +1,8 @@
 """``python -m fal_core``: run SD3 img2img, upload files, and inspect or recover requests.
 
 Progress and logs go to stderr, results (file paths, URLs, JSON) to stdout, so the output can
-be piped. Exit codes: 0 done, 1 fal or network error, 2 bad input or configuration, 130 stopped.
+be piped. Exit codes: 0 done, 1 fal or network error, 2 bad input, configuration or over the daily
+budget, 130 stopped.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import schema
+from . import budget, schema, spend
 from .client import FalClient
 from .errors import ConfigError, FalError, InputError
 from .files import fetch_bytes
@@ -23,6 +24,7 @@ from .images import decode_image, encode_png, sniff_mime
 from .img2img import img2img
 from .journal import COMPLETED, Journal
 from .journal import default_path as default_journal_path
+from .pricing import PriceCache
 from .queue import Update
 from .redaction import redact
 
@@ -83,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     upload = commands.add_parser("upload", help="upload files to fal storage; prints their URLs")
     upload.add_argument("files", nargs="+", type=Path)
 
-    journal = commands.add_parser("journal", help="list recent requests, or fetch one's result again")
+    journal = commands.add_parser("journal", help="list recent requests, fetch one's result again, or total the spend")
     journal.add_argument("--fetch", metavar="REQUEST_ID", help="fetch this request's result again")
+    journal.add_argument("--spend", action="store_true",
+                         help="what was paid (accepted submits; reused results cost nothing): today, 7 and 30 days")
     journal.add_argument("--output-dir", "-o", type=Path, default=None, help="with --fetch: save its images here")
 
     for name, text in (("status", "print a request's status and logs"),
@@ -180,9 +184,23 @@ async def _save_output(fal: FalClient, output: Any, request_id: str, out_dir: Pa
         report.say(f"saved {path}")
 
 
+def _check_budget(prices: PriceCache, book: Journal, app_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's price as the journal records it, after the daily budget
+    (FAL_SD3_DAILY_BUDGET, or budget.json beside the journal) allowed it; None when unpriced."""
+    price = prices.current(app_id)
+    if price is None:
+        return None
+    amount = price.cost(params.get("num_images") or 1)
+    budget.check(budget.read(book.path.parent / "budget.json"), spend.spent_today(book), amount, price.currency)
+    return {"amount": round(amount, 6), "currency": price.currency, "source": price.source}
+
+
 async def _main(args: argparse.Namespace) -> int:
     report = _Reporter(args.quiet)
     book = Journal(args.journal or default_journal_path())
+    if args.command == "journal" and args.spend:
+        _print(spend.table(spend.totals(book)))
+        return 0
     if args.command == "journal" and not args.fetch:
         _list_journal(book)
         return 0
@@ -191,9 +209,17 @@ async def _main(args: argparse.Namespace) -> int:
             await _fetch_from_journal(fal, book, args.fetch, args.output_dir, report)
         elif args.command == "img2img":
             image = _read_image(args.image)
-            result = await img2img(fal, image, _params(args), app_id=args.app_id, image_mode=args.upload,
+            params = _params(args)
+            prices = PriceCache(book.path.parent / "prices.json")
+            cost = _check_budget(prices, book, args.app_id, params)
+            # Once a day, fal's price is asked for while the job runs, for the next runs' records.
+            refresh = asyncio.ensure_future(prices.refresh(fal.transport, args.app_id)) \
+                if prices.needs_refresh(args.app_id) else None
+            result = await img2img(fal, image, params, app_id=args.app_id, image_mode=args.upload,
                                    on_update=report, timeout=args.timeout, decode=False, journal=book,
-                                   force_new=args.force_new)
+                                   force_new=args.force_new, cost=cost)
+            if refresh is not None:
+                await refresh
             stem = f"{Path(args.image).stem if not isinstance(image, str) else 'fal'}-{result.handle.request_id[:8]}"
             paths = await _save(fal, [im.url for im in result.output.images], args.output_dir, stem)
             report.say(f"done: request {result.handle.request_id}, seed {result.output.seed}")
@@ -236,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print("stopped; a request that was running has been cancelled at fal", file=sys.stderr)
         return 130
-    except (InputError, ConfigError) as exc:
+    except (InputError, ConfigError, budget.BudgetExceeded) as exc:
         _print(f"error: {exc}", file=sys.stderr)
         return 2
     except FalError as exc:

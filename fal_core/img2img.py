@@ -75,6 +75,7 @@ async def img2img(
     journal: Journal | None = None,
     result_files: ResultFiles | None = None,
     force_new: bool = False,
+    cost: Mapping[str, Any] | None = None,
     **submit_options: Any,
 ) -> Img2ImgResult:
     """Run one image-to-image request; ``params`` holds every field except ``image_url``.
@@ -85,6 +86,8 @@ async def img2img(
     With a ``journal``, the job is written down before it is waited for: the same job (same
     fields, seed and picture) reattaches to a request still running or reuses a completed one
     instead of paying again, unless ``force_new``. ``result_files`` keeps downloaded results.
+    ``cost`` (``{"amount", "currency", "source"}``) is journaled when fal accepts the submit, for
+    the spend totals; a reused or reattached request adds none.
     """
     fields = check_params(params, image)
     fields.pop("image_url")
@@ -115,7 +118,7 @@ async def img2img(
             payload = {**fields, "image_url": url}
             notify(Update(None, "submitting", elapsed=time.monotonic() - started))
             completion = await _journaled(journal, fp, app_id, payload, lambda on_submitted: client.queue.subscribe(
-                app_id, payload, on_submitted=on_submitted, **wait_options, **submit_options))
+                app_id, payload, on_submitted=on_submitted, **wait_options, **submit_options), cost=cost)
     output = Img2ImgOutput.from_json(completion.output, completion.handle.request_id)
     images: list[np.ndarray] = []
     if decode:
@@ -142,14 +145,14 @@ async def _reattach(client: FalClient, journal: Journal, fp: str, handle: Reques
 
 async def _journaled(journal: Journal | None, fp: str, app_id: str, payload: Mapping[str, Any] | None,
                      run: Callable[[Callable[[RequestHandle], None]], Awaitable[Completion]],
-                     handle: RequestHandle | None = None) -> Completion:
+                     handle: RequestHandle | None = None, cost: Mapping[str, Any] | None = None) -> Completion:
     """Run a request with its life written to the journal: submitted, then how it ended."""
     submitted: list[RequestHandle] = [handle] if handle is not None else []
 
     def on_submitted(new: RequestHandle) -> None:
         submitted.append(new)
         if journal is not None:
-            journal.submitted(fp, new, payload or {})
+            journal.submitted(fp, new, payload or {}, cost=cost)
 
     def request_id() -> str | None:
         return submitted[-1].request_id if submitted else None

@@ -106,6 +106,7 @@ class FalSD3Img2Img:
         # Imported here, not at the top: ComfyUI imports every pack at start-up, and httpx and
         # the codecs are only needed once a fal node runs.
         from ..fal_core.img2img import DEFAULT_CONCURRENCY, img2img_batch
+        from . import session
         from .session import journal, open_client, result_files
 
         sources = self._sources(image, image_url)
@@ -137,14 +138,18 @@ class FalSD3Img2Img:
 
         book = journal()
         downloads = result_files(book)
-        # Pruned here rather than at start-up: the pack's import must stay free of disk work.
-        await asyncio.to_thread(lambda: (book.prune(), downloads.prune()))
+        # The price as known now (never a network wait); fal's pricing API refreshes it elsewhere.
+        price = session.price_cache().current()
+        cost = {"amount": round(price.cost(num_images), 6), "currency": price.currency, "source": price.source}
         try:
+            # Pruned here rather than at start-up: the pack's import must stay free of disk work.
+            await asyncio.to_thread(lambda: (book.prune(), downloads.prune(),
+                                             session.check_budget(book, cost["amount"] * len(sources), price.currency)))
             async with open_client() as fal:
                 batch = asyncio.ensure_future(img2img_batch(
                     fal, sources, params, concurrency=DEFAULT_CONCURRENCY, on_update=on_update,
                     image_format=image_format, timeout=timeout or None, journal=book, result_files=downloads,
-                    force_new=force_new_request))
+                    force_new=force_new_request, cost=cost))
                 while not batch.done():
                     if interrupted or comfy.interrupted():
                         batch.cancel()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..fal_core import budget as budgets
+from ..fal_core import spend
 from ..fal_core.client import FalClient
 from ..fal_core.config import FalConfig
 from ..fal_core.journal import Journal, ResultFiles
@@ -56,3 +57,12 @@ def budget_file() -> Path:
 
 def budget(env: Mapping[str, str] | None = None) -> budgets.Budget:
     return budgets.read(budget_file(), env)
+
+
+def check_budget(book: Journal, price: float, currency: str) -> None:
+    """Refuse (BudgetExceeded) a run of ``price`` that would pass today's budget; nothing is sent.
+
+    The run's full price counts, even when the journal will serve some of it for free."""
+    limit = budget()
+    if limit.daily is not None:
+        budgets.check(limit, spend.spent_today(book), price, currency, file_place=BUDGET_PLACE)
