@@ -63,18 +63,33 @@ def check_key_form(key: str) -> str | None:
     """The problem with ``key``'s form, or None when it looks like a fal key."""
     if not key.strip():
         return "the key is empty"
-    if not _KEY_FORM.match(key.strip()):
+    if not _KEY_FORM.fullmatch(key.strip()):
         return "a fal key has the form key_id:key_secret (two parts joined by ':', no spaces)"
     return None
+
+
+def checked_key(key: str, where: str, fix: str) -> Secret:
+    """``key`` as a Secret once it passes the settings dialog's form check, whatever its source.
+
+    A key with a control character or a second line would otherwise reach an HTTP header, whose
+    error prints part of it. The refusal names the source and never any part of the key.
+    """
+    problem = check_key_form(key)
+    if problem is not None:
+        raise ConfigError(f"The fal key from {where} is not usable: {problem}; its value is not shown. {fix}.")
+    return Secret(key.strip())
+
+
+_ENV_FIX = "Set it to the whole key (key_id:key_secret) from https://fal.ai/dashboard/keys"
 
 
 def key_from_env(env: Mapping[str, str]) -> Secret | None:
     key = env.get("FAL_KEY", "").strip()
     if key:
-        return Secret(key)
+        return checked_key(key, "FAL_KEY", _ENV_FIX)
     key_id, secret = env.get("FAL_KEY_ID", "").strip(), env.get("FAL_KEY_SECRET", "").strip()
     if key_id and secret:
-        return Secret(f"{key_id}:{secret}")
+        return checked_key(f"{key_id}:{secret}", "FAL_KEY_ID + FAL_KEY_SECRET", _ENV_FIX)
     return None
 
 
@@ -86,7 +101,10 @@ def key_from_file(path: Path) -> Secret | None:
         return None
     except OSError as exc:
         raise ConfigError(f"Cannot read the fal key file {path}: {exc.strerror}. Check its permissions.") from None
-    return Secret(key) if key else None
+    if not key:
+        return None
+    return checked_key(key, f"the key file {path}", "It must hold the key alone, on one line: save the key "
+                       "again (in ComfyUI: Settings > fal > fal API key) or delete the file")
 
 
 @dataclass(frozen=True)
@@ -116,9 +134,13 @@ class FalConfig:
                     f"for example {_DEFAULTS[name]!r}."
                 )
             object.__setattr__(self, name, value.rstrip("/"))
-        if isinstance(self.key, str):
-            object.__setattr__(self, "key", Secret(self.key))
-            object.__setattr__(self, "key_source", self.key_source or "argument")
+        if self.key is not None:
+            # Keys read from the environment or a file were checked there; this catches the rest.
+            value = self.key if isinstance(self.key, str) else self.key.reveal()
+            object.__setattr__(self, "key", checked_key(value, "the key given", "Pass the whole key "
+                                                        "(key_id:key_secret) from https://fal.ai/dashboard/keys"))
+        if isinstance(self.key, Secret) and self.key_source is None:
+            object.__setattr__(self, "key_source", "argument")
 
     @classmethod
     def from_env(

@@ -95,3 +95,47 @@ def test_a_hostile_fal_echoing_the_key_in_every_answer_leaks_it_nowhere(fal_emul
     assert "(Authorization: Key ***)" in str(failure.value)  # the echo arrived, redacted
     for text in seen:
         assert not leaked(text), (leaked(text), text[:2000])
+
+
+@pytest.mark.parametrize("env_key, file_text", [
+    ({"FAL_KEY": f"{KEY_ID}:{KEY_SECRET[:16]}\x07{KEY_SECRET[16:]}"}, None),
+    ({"FAL_KEY": f"{KEY_ID}:{KEY_SECRET[:16]}\r\nX-Injected: {KEY_SECRET[16:]}"}, None),
+    ({"FAL_KEY_ID": KEY_ID, "FAL_KEY_SECRET": f"{KEY_SECRET[:16]}\t{KEY_SECRET[16:]}"}, None),
+    ({}, f"{KEY}\n{KEY_SECRET[::-1]}\n"),
+])
+def test_a_key_with_control_characters_or_a_second_line_is_refused_unseen(fal_env, monkeypatch, tmp_path,
+                                                                           env_key, file_text):
+    for name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env_key.items():
+        monkeypatch.setenv(name, value)
+    if file_text is not None:
+        key_file = tmp_path / "state" / "fal_key"
+        key_file.parent.mkdir(parents=True)
+        key_file.write_text(file_text)
+    with pytest.raises(FalError) as refused:
+        asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture())}))
+    message = str(refused.value)
+    where = "key file" if file_text is not None else next(iter(env_key))
+    assert where in message and "key_id:key_secret" in message
+    for piece in (KEY_ID[:8], KEY_SECRET[:8], KEY_SECRET[16:24], KEY_SECRET[::-1][:8]):
+        assert piece not in message
+    assert fal_env.calls() == []  # refused before anything was sent
+
+    source = tmp_path / "in.png"
+    Image.fromarray(picture()).save(source)
+    env = {**{k: v for k, v in fal_env.env().items() if k != "FAL_KEY"}, **env_key,
+           "FAL_JOURNAL": str(tmp_path / "journal.jsonl")}
+    if file_text is None:
+        out = cli("img2img", str(source), "--prompt", "p", env=env)
+        assert out.returncode == 2 and where in out.stderr
+        assert not any(piece in out.stderr + out.stdout for piece in (KEY_SECRET[:8], KEY_SECRET[16:24]))
+
+
+def test_a_key_given_as_an_argument_gets_the_same_check():
+    from comfyui_fal_sd3.fal_core.config import FalConfig
+    from comfyui_fal_sd3.fal_core.errors import ConfigError
+    for bad in (f"{KEY}\nX-Injected: 1", f"{KEY_ID}:{KEY_SECRET}\x00", Secret(f"{KEY_ID} {KEY_SECRET}")):
+        with pytest.raises(ConfigError, match="the key given is not usable") as refused:
+            FalConfig(key=bad)
+        assert KEY_SECRET[:8] not in str(refused.value)
