@@ -8,6 +8,7 @@ sent to the configured queue and REST hosts, never to a CDN or any URL a result 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping
@@ -21,6 +22,19 @@ from .redaction import redact
 from .retry import RetryPolicy, retry_after_seconds, should_retry_exception, should_retry_response, surely_not_sent
 
 log = logging.getLogger("fal_core")
+
+# httpx logs every call at INFO ("HTTP Request: POST … 200"), and ComfyUI's log shows INFO: five
+# lines a run drowned its own. Only fal_core's calls are silenced (fal_core logs them at DEBUG);
+# other httpx users in the process keep theirs.
+_OWN_CALL = contextvars.ContextVar("fal_core_own_call", default=False)
+
+
+class _WithoutOwnCalls(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _OWN_CALL.get()
+
+
+logging.getLogger("httpx").addFilter(_WithoutOwnCalls())
 
 USER_AGENT = f"comfyui-fal-sd3/{__version__} (fal_core; python)"
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
@@ -77,7 +91,12 @@ class Transport:
         while True:
             attempt += 1
             try:
-                response = await self._http.send(request, stream=True)
+                own = _OWN_CALL.set(True)
+                try:
+                    response = await self._http.send(request, stream=True)
+                finally:
+                    _OWN_CALL.reset(own)
+                log.debug("fal: %s %s -> HTTP %d", method, _safe_url(url), response.status_code)
                 try:
                     body = await _read(response, max_bytes, what)
                 finally:
@@ -101,12 +120,22 @@ class Transport:
     async def stream(self, method: str, url: str, *, what: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
         """Open a streamed response (no retries: the caller decides how to resume)."""
         headers = self._headers(url, kwargs.pop("headers", None))
+        request = self._http.build_request(method, url, headers=headers, **kwargs)
         try:
-            async with self._http.stream(method, url, headers=headers, **kwargs) as response:
+            # Only the opening is marked as our call: a stream may be read on from other tasks.
+            own = _OWN_CALL.set(True)
+            try:
+                response = await self._http.send(request, stream=True)
+            finally:
+                _OWN_CALL.reset(own)
+            log.debug("fal: %s %s -> HTTP %d (stream)", method, _safe_url(url), response.status_code)
+            try:
                 if not response.is_success:
                     await response.aread()
                     raise self.status_error(response, what)
                 yield response
+            finally:
+                await response.aclose()
         except httpx.TransportError as exc:
             raise self._transport_error(exc, url, what, 1, True) from None
 

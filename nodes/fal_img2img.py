@@ -35,6 +35,11 @@ def split_urls(text: str) -> list[str]:
 
 def summarize(results: list) -> str:
     """fal's answers as JSON for the ``response`` output; inline images are elided, not copied."""
+    return summarize_answers([(r.handle.request_id, r.raw) for r in results])
+
+
+def summarize_answers(answers: list[tuple[str, Any]]) -> str:
+    """``(request id, fal's answer)`` pairs as the ``response`` output shows them."""
     def shrink(value: Any) -> Any:
         if isinstance(value, str) and value.startswith("data:") and len(value) > 120:
             return f"{value[:value.find(',') + 1]}<{len(value):,} characters>"
@@ -46,7 +51,7 @@ def summarize(results: list) -> str:
     from ..fal_core.redaction import redact
 
     # fal's answers may echo the key: the output is redacted like every other text that leaves.
-    return redact(json.dumps([{"request_id": r.handle.request_id, **shrink(r.raw)} for r in results], indent=2))
+    return redact(json.dumps([{"request_id": rid, **shrink(raw)} for rid, raw in answers], indent=2))
 
 
 class FalSD3Img2Img:
