@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import ResponseError
+from .errors import FieldError, InputError, ResponseError
 from .redaction import excerpt
 
 IN_QUEUE = "IN_QUEUE"
@@ -14,6 +14,15 @@ IN_PROGRESS = "IN_PROGRESS"
 COMPLETED = "COMPLETED"
 
 NAMESPACES = ("workflows", "comfy")
+# fal's request ids are UUIDs; anything else in an id could turn a URL or a file name into another.
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_request_id(request_id: object) -> str | None:
+    """The problem with a request id, or None when it is safe in a URL path or a file name."""
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id) or len(request_id) > 128:
+        return "a request id is letters, digits, '-' and '_' only (fal's are UUIDs)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,9 @@ class RequestHandle:
     @classmethod
     def from_request_id(cls, queue_url: str, app_id: str, request_id: str) -> "RequestHandle":
         """Rebuild the URLs of a request known only by its id (for recovery)."""
+        problem = check_request_id(request_id)
+        if problem is not None:
+            raise InputError([FieldError("request_id", request_id, problem)])
         base = f"{queue_url.rstrip('/')}/{AppId.parse(app_id).base}/requests/{request_id}"
         return cls(app_id, request_id, base + "/status", base, base + "/cancel")
 
@@ -72,13 +84,24 @@ class RequestHandle:
     def from_submit(cls, queue_url: str, app_id: str, data: Any) -> "RequestHandle":
         if not isinstance(data, Mapping) or not isinstance(data.get("request_id"), str):
             raise ResponseError(f"fal's answer to the submit to {app_id} has no request_id: {excerpt(data)}")
+        if check_request_id(data["request_id"]) is not None:
+            raise ResponseError(f"fal's answer to the submit to {app_id} has a request_id that is not an id: "
+                                f"{excerpt(data['request_id'], 80)}; it was not used.")
         fallback = cls.from_request_id(queue_url, app_id, data["request_id"])
+
+        def own(name: str, rebuilt: str) -> str:
+            # A URL from the answer is followed only when it is the queue's: one pointing at another
+            # host (an internal service) is replaced by the one rebuilt from the request id.
+            given = data.get(name)
+            on_queue = isinstance(given, str) and given.startswith(queue_url.rstrip("/") + "/")
+            return given if on_queue and "#" not in given else rebuilt
+
         return cls(
             app_id=app_id,
             request_id=data["request_id"],
-            status_url=data.get("status_url") or fallback.status_url,
-            response_url=data.get("response_url") or fallback.response_url,
-            cancel_url=data.get("cancel_url") or fallback.cancel_url,
+            status_url=own("status_url", fallback.status_url),
+            response_url=own("response_url", fallback.response_url),
+            cancel_url=own("cancel_url", fallback.cancel_url),
         )
 
     def to_json(self) -> dict[str, str]:

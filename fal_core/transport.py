@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping
 
@@ -86,6 +87,7 @@ class Transport:
         refused with :class:`FileError` without being read to the end.
         """
         policy = retry or self.retry
+        self._check_url(url, what)
         request = self._http.build_request(method, url, headers=self._headers(url, kwargs.pop("headers", None)), **kwargs)
         attempt = 0
         while True:
@@ -119,6 +121,7 @@ class Transport:
     @asynccontextmanager
     async def stream(self, method: str, url: str, *, what: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
         """Open a streamed response (no retries: the caller decides how to resume)."""
+        self._check_url(url, what)
         headers = self._headers(url, kwargs.pop("headers", None))
         request = self._http.build_request(method, url, headers=headers, **kwargs)
         try:
@@ -139,6 +142,15 @@ class Transport:
         except httpx.TransportError as exc:
             raise self._transport_error(exc, url, what, 1, True) from None
 
+    @staticmethod
+    def _check_url(url: str, what: str) -> None:
+        """A URL that cannot be fetched is a TransportError naming it, before anything is sent
+        (httpx would raise InvalidURL, or an ExceptionGroup for a port out of range)."""
+        problem = _url_problem(url)
+        if problem is not None:
+            raise TransportError(f"{what}: cannot use the URL {_safe_url(url)!r}: {problem}. Nothing was sent.",
+                                 url=_safe_url(url), cause=problem)
+
     async def _wait(self, policy: RetryPolicy, attempt: int, retry_after: float | None, what: str, reason: str) -> None:
         delay = policy.delay(attempt, retry_after)
         log.info("fal: %s failed (%s); retry %d of %d in %.2fs", what, reason, attempt, policy.attempts - 1, delay)
@@ -156,15 +168,26 @@ class Transport:
         )
 
     def status_error(self, response: httpx.Response, what: str) -> HTTPStatusError:
-        """The error for fal's non-2xx answer, with fal's own ``detail`` and what to do."""
-        detail = _detail(response)
+        """The error for fal's non-2xx answer, with fal's own ``detail`` and what to do.
+
+        Only fal's own hosts have their answer quoted: a URL from an answer may point at any
+        server (an internal service's page must not end up in a node's error), and only the hosts
+        that get the key can refuse it.
+        """
         status = response.status_code
+        url = str(response.url)
+        if not (self.config.is_fal_host(url) or url.startswith(self.config.cdn_url + "/")):
+            host = response.url.host
+            return HTTPStatusError(
+                f"{host} answered HTTP {status} {response.reason_phrase} for {what} ({_safe_url(url)}); "
+                "it is not one of fal's hosts, so its answer is not shown.", status_code=status, url=_safe_url(url))
+        detail = _detail(response)
         request_id = response.headers.get("x-fal-request-id")
         error_type = response.headers.get("x-fal-error-type")
         common = dict(status_code=status, detail=detail, url=_safe_url(str(response.url)),
                       request_id=request_id, error_type=error_type)
         redact = self.config.redact
-        if status in (401, 403):
+        if status in (401, 403) and self.config.is_fal_host(url):
             where, todo = self.config.key_origin()
             if status == 401:
                 text = f"fal refused the API key from {where} (HTTP 401) for {what}: {_detail_text(detail)}. To fix: {todo}."
@@ -194,6 +217,26 @@ async def _read(response: httpx.Response, max_bytes: int | None, what: str) -> b
             raise FileError(f"The {what} is over the limit of {max_bytes:,} bytes; the download was stopped.")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+_HOST = re.compile(r"[A-Za-z0-9._:\[\]-]+")
+
+
+def _url_problem(url: str) -> str | None:
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError) as exc:
+        return f"it is malformed ({exc})"
+    if parsed.scheme not in ("http", "https"):
+        return "only http:// and https:// URLs are fetched"
+    if not parsed.host:
+        return "it names no host"
+    if not _HOST.fullmatch(parsed.host):
+        return f"its host {parsed.host!r} is not a host name or address"
+    if port is not None and not 0 < port < 65536:
+        return f"port {port} is out of range"
+    return None
 
 
 def _detail(response: httpx.Response) -> Any:

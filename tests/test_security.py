@@ -12,9 +12,9 @@ from PIL import Image
 
 from comfyui_fal_sd3.fal_core import redaction
 from comfyui_fal_sd3.fal_core.config import Secret
-from comfyui_fal_sd3.fal_core.errors import AppError, FalError
+from comfyui_fal_sd3.fal_core.errors import AppError, AuthError, FalError, HTTPStatusError, ResponseError, TransportError
 from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img
-from fal_emulator import expected_output
+from fal_emulator import FalEmulator, expected_output
 from test_cli import cli
 from test_fal_nodes import DEFAULTS, _fake_comfyui, as_uint8, batch, picture
 
@@ -139,3 +139,62 @@ def test_a_key_given_as_an_argument_gets_the_same_check():
         with pytest.raises(ConfigError, match="the key given is not usable") as refused:
             FalConfig(key=bad)
         assert KEY_SECRET[:8] not in str(refused.value)
+
+
+@pytest.fixture
+def internal_service():
+    """Another server on the machine (a metadata service, a router's page) that fal's answers
+    point at; its calls are recorded like the emulator's."""
+    with FalEmulator(key="internal-id:internal-secret") as other:
+        yield other
+
+
+def test_urls_in_a_submit_answer_that_leave_the_queue_host_are_not_followed(fal_env, internal_service):
+    base = f"{internal_service.queue_url}/fal-ai/x/requests/stolen"
+    fal_env.fault("submit", patch={"status_url": base + "/status", "response_url": base, "cancel_url": base + "/cancel"})
+    pic = picture()
+    images, *_ = asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(pic)}))
+    assert np.array_equal(as_uint8(images)[0], expected_output(pic, 0, None))
+    assert internal_service.calls() == []  # rebuilt from the request id, on the queue host
+    assert fal_env.count("result") == 1
+
+
+@pytest.mark.parametrize("request_id", ["../../../etc/passwd", "abc/def", "a b", "", 42, "x" * 500])
+def test_a_request_id_that_is_not_an_id_is_refused(fal_env, request_id):
+    fal_env.fault("submit", patch={"request_id": request_id})
+    with pytest.raises(ResponseError, match="request_id"):
+        asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture())}))
+    assert [c.kind for c in fal_env.calls()] == ["submit"]  # nothing was asked for under that id
+
+
+def test_the_command_line_refuses_a_request_id_that_is_not_an_id(fal_emulator, tmp_path):
+    env = {**fal_emulator.env(), "FAL_JOURNAL": str(tmp_path / "journal.jsonl")}
+    out = cli("status", "../../x", env=env)
+    assert out.returncode == 2 and "request_id" in out.stderr and fal_emulator.calls() == []
+
+
+@pytest.mark.parametrize("status", [404, 401, 403])
+def test_a_foreign_hosts_answer_is_never_quoted_nor_taken_for_a_key_problem(fal_env, internal_service, status):
+    page = "root:x:0:0:root:/root:/bin/bash (internal admin page)"
+    internal_service.fault("file", status=status, body=page)
+    url = f"{internal_service.cdn_url}/files/ab/result.png"
+    fal_env.fault("result", patch={"images": [{"url": url, "width": 48, "height": 40}]})
+    with pytest.raises(HTTPStatusError) as failure:
+        asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture())}))
+    message = str(failure.value)
+    assert not isinstance(failure.value, AuthError) and "key" not in message.lower()
+    assert "internal admin page" not in message and "root:x" not in message
+    assert f"HTTP {status}" in message and url in message and "not one of fal's hosts" in message
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("http://127.0.0.1:99999/x.png", "port 99999 is out of range"),
+    ("http://[::1/x.png", "malformed"),
+    ("ftp://127.0.0.1/x.png", "only http:// and https://"),
+    ("http://exa mple/x.png", "is not a host name"),
+])
+def test_a_malformed_result_url_is_a_transport_error_naming_it(fal_env, url, problem):
+    fal_env.fault("result", patch={"images": [{"url": url}]})
+    with pytest.raises(TransportError) as failure:
+        asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture())}))
+    assert problem in str(failure.value) and url in str(failure.value)
