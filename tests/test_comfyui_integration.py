@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from comfyui_server import EXAMPLES, example_picture, queue_prompt, requires_comfyui, running_comfyui, wait_history
-from fal_emulator import FalEmulator, expected_output
+from fal_emulator import PRESETS, FalEmulator, expected_output
 
 pytestmark = requires_comfyui
 
@@ -60,6 +60,50 @@ def test_api_example_runs_headless_and_saves_the_image(comfyui, emulator, exampl
     assert np.array_equal(result, expected_output(comfyui["picture"], 0, size))
     assert emulator.count("submit") == submits + 1
     assert KEY not in json.dumps(entry) and KEY.split(":")[1] not in path.read_bytes().decode("latin-1")
+
+
+def test_editor_routes_budget_refusal_result_node_and_a_quiet_log(comfyui, emulator):
+    url = comfyui["url"]
+    assert httpx.post(url + "/fal/key/test", json={}, timeout=30).json() == {"ok": True, "source": "env"}
+    price = httpx.get(url + "/fal/price", timeout=30).json()
+    assert price["endpoint_id"] == "fal-ai/stable-diffusion-v3-medium/image-to-image" and price["unit"] == "image"
+    deadline = time.monotonic() + 10
+    while price["source"] != "fal":  # refreshed in the background
+        assert time.monotonic() < deadline, price
+        time.sleep(0.1)
+        price = httpx.get(url + "/fal/price", timeout=30).json()
+    assert price["unit_price"] == 0.04
+    budget = httpx.get(url + "/fal/budget", timeout=30).json()
+    assert budget["spent_today"] == pytest.approx(0.035 * emulator.count("submit"))  # priced before fal answered
+
+    # A daily budget of 0 refuses the next paid run before anything is sent.
+    submits = emulator.count("submit")
+    assert httpx.post(url + "/fal/budget", json={"daily_budget": 0}, timeout=30).json()["daily_budget"] == 0
+    try:
+        prompt = json.loads((API_EXAMPLES / "sd3_img2img_fal.json").read_text())
+        prompt["3"]["inputs"]["seed"] = 4242
+        entry = wait_history(url, queue_prompt(url, prompt))
+        assert entry["status"]["status_str"] == "error"
+        assert "Daily fal budget" in json.dumps(entry["status"]) and emulator.count("submit") == submits
+    finally:
+        httpx.post(url + "/fal/budget", json={"daily_budget": None}, timeout=30)
+
+    # The newest paid request, recovered in the graph.
+    newest = max(emulator.jobs.values(), key=lambda job: job.created)
+    size = newest.input.get("image_size")
+    size = PRESETS[size] if isinstance(size, str) else (size["width"], size["height"]) if size else None
+    recovery = {"1": {"class_type": "FalRequestResult", "inputs": {"request_id": ""}},
+                "2": {"class_type": "SaveImage", "inputs": {"filename_prefix": "recovered", "images": ["1", 0]}}}
+    entry = wait_history(url, queue_prompt(url, recovery))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    (saved,) = entry["outputs"]["2"]["images"]
+    result = np.asarray(Image.open(comfyui["base"] / "output" / saved["subfolder"] / saved["filename"]).convert("RGB"))
+    assert np.array_equal(result, expected_output(comfyui["picture"], 0, size))
+    assert emulator.count("submit") == submits
+
+    log = (comfyui["base"] / "comfyui.log").read_text()
+    assert log.count("got prompt") >= 4  # ComfyUI's INFO lines are there: the runs above were logged
+    assert "HTTP Request:" not in log and KEY not in log
 
 
 def test_interrupt_cancels_the_request_at_fal(comfyui, emulator):
