@@ -25,7 +25,7 @@ _EXPORTS = {
     "errors": [
         "FalError", "ConfigError", "MissingKeyError", "InputError", "FieldError", "FileError",
         "TransportError", "SubmitUncertainError", "HTTPStatusError", "AuthError", "ValidationError",
-        "ResponseError", "RequestError", "AppError", "RequestTimeout", "RequestCancelled",
+        "ResponseError", "ResponseTooLarge", "RequestError", "AppError", "RequestTimeout", "RequestCancelled",
     ],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -15,6 +15,7 @@ the attributes instead of parsing messages. Every message names what was wrong a
     │   ├── AuthError                 401 / 403
     │   └── ValidationError           422, with every field path and message
     ├── ResponseError                 fal answered 2xx with something we cannot read
+    │   └── ResponseTooLarge          an answer, stream line or event over its size cap
     └── RequestError                  the outcome of one queued request
         ├── AppError                  the app ran and failed (COMPLETED with ``error``)
         ├── RequestTimeout            the overall timeout passed (the request was cancelled)
@@ -154,6 +155,10 @@ class ValidationError(HTTPStatusError):
 
 class ResponseError(FalError):
     """fal answered successfully with a body we cannot interpret."""
+
+
+class ResponseTooLarge(ResponseError):
+    """An answer (or a line or event of the status stream) over its cap, dropped unread."""
 
 
 class RequestError(FalError):

@@ -6,8 +6,9 @@ import asyncio
 
 import numpy as np
 
-from .images import MAX_BYTES, MAX_PIXELS, decode_image, parse_data_uri, sniff_mime
+from .images import MAX_BYTES, decode_image, parse_data_uri, sniff_mime
 from .journal import ResultFiles
+from .schema import MAX_RESULT_PIXELS
 from .transport import Transport
 
 
@@ -28,8 +29,9 @@ async def fetch_bytes(transport: Transport, url: str, *, what: str = "result fil
 
 
 async def fetch_image(transport: Transport, url: str, *, what: str = "result image", max_bytes: int = MAX_BYTES,
-                      max_pixels: int = MAX_PIXELS, store: ResultFiles | None = None) -> np.ndarray:
-    """The decoded (H,W,C) uint8 image behind ``url``.
+                      max_pixels: int = MAX_RESULT_PIXELS, store: ResultFiles | None = None) -> np.ndarray:
+    """The decoded (H,W,C) uint8 image behind ``url``; one over ``max_pixels`` (by default what
+    SD3 can make) is refused from its header, before it is decoded.
 
     Decoding runs in a worker thread: it is CPU work that would otherwise stall every other
     request on the event loop (Pillow releases the GIL, so several images decode in parallel).

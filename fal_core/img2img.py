@@ -119,7 +119,8 @@ async def img2img(
             notify(Update(None, "submitting", elapsed=time.monotonic() - started))
             completion = await _journaled(journal, fp, app_id, payload, lambda on_submitted: client.queue.subscribe(
                 app_id, payload, on_submitted=on_submitted, **wait_options, **submit_options), cost=cost)
-    output = Img2ImgOutput.from_json(completion.output, completion.handle.request_id)
+    output = Img2ImgOutput.from_json(completion.output, completion.handle.request_id,
+                                     max_images=fields.get("num_images") or 1)
     images: list[np.ndarray] = []
     if decode:
         notify(Update(completion.handle.request_id, "downloading", elapsed=time.monotonic() - started))

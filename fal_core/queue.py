@@ -18,12 +18,12 @@ from typing import Any, AsyncIterator, Callable, Mapping
 import httpx
 
 from .errors import (
-    AppError, FalError, HTTPStatusError, RequestCancelled, RequestTimeout, ResponseError,
+    AppError, FalError, HTTPStatusError, RequestCancelled, RequestTimeout, ResponseError, ResponseTooLarge,
     SubmitUncertainError, TransportError, ValidationError,
 )
 from .redaction import excerpt
 from .retry import NO_RETRY, RetryPolicy
-from .sse import iter_data
+from .sse import iter_data, iter_lines
 from .status import AppId, LogLine, RequestHandle, Status
 from .transport import Transport
 
@@ -164,7 +164,7 @@ class QueueClient:
             timeout=httpx.Timeout(STREAM_READ_TIMEOUT, connect=10.0),
         ) as response:
             try:
-                async for data in iter_data(response.aiter_lines()):
+                async for data in iter_data(iter_lines(response.aiter_bytes())):
                     status = Status.parse(_loads(data, what))
                     yield status
                     if status.completed:
@@ -179,6 +179,9 @@ class QueueClient:
         except HTTPStatusError as exc:
             exc.request_id = exc.request_id or handle.request_id
             raise
+        except ResponseTooLarge as exc:
+            raise ResponseTooLarge(f"{exc} With sync_mode on, fal puts every picture inside this answer: "
+                                "turn sync_mode off to get URLs instead.") from None
         return _json(response, what)
 
     async def cancel(self, handle: RequestHandle) -> bool:
@@ -291,6 +294,10 @@ class QueueClient:
             except TransportError as exc:
                 log.info("fal: %s", exc)
                 failures += 1
+            except ResponseTooLarge as exc:
+                # The request may still give its (paid) result: ask for it the plain way.
+                log.warning("fal: %s Polling instead.", exc)
+                break
             # One poll catches a completion the stream missed before reconnecting.
             status = await self.status(handle, logs=logs)
             tracker.feed(status)

@@ -32,6 +32,8 @@ IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
 # outgrows SD3's positional embedding (pos_embed_max_size 192 x patch 2 x VAE factor 8).
 MIN_SIDE = 64
 MAX_SIDE = 3072
+# Per picture of a result: SD3 makes no more, so a result claiming more is refused before decoding.
+MAX_RESULT_PIXELS = MAX_SIDE * MAX_SIDE
 SEED_MAX = 2**32 - 1  # fal documents no seed range; SD3 pipelines seed 32-bit generators.
 
 
@@ -227,10 +229,16 @@ class Img2ImgOutput:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, data: Any, request_id: str | None = None) -> "Img2ImgOutput":
+    def from_json(cls, data: Any, request_id: str | None = None, max_images: int | None = None) -> "Img2ImgOutput":
+        """fal's answer, read. More than ``max_images`` pictures (by default the most a request can
+        ask for) is refused before any of them is fetched."""
         where = f" (request {request_id})" if request_id else ""
         if not isinstance(data, Mapping) or not isinstance(data.get("images"), list):
             raise ResponseError(f"fal's result{where} has no 'images' list; it starts: {excerpt(data)}")
+        limit = int(FIELDS["num_images"].maximum) if max_images is None else max_images
+        if len(data["images"]) > limit:
+            raise ResponseError(f"fal's result{where} has {len(data['images'])} images, but {limit} "
+                                f"{'was' if limit == 1 else 'were'} asked for; none of them was downloaded.")
         images = []
         for i, item in enumerate(data["images"]):
             if not isinstance(item, Mapping) or not isinstance(item.get("url"), str):

@@ -18,7 +18,9 @@ import httpx
 
 from . import __version__
 from .config import FalConfig
-from .errors import AuthError, FieldError, FileError, HTTPStatusError, TransportError, ValidationError
+from .errors import (
+    AuthError, FieldError, FileError, HTTPStatusError, ResponseTooLarge, TransportError, ValidationError,
+)
 from .redaction import redact
 from .retry import RetryPolicy, retry_after_seconds, should_retry_exception, should_retry_response, surely_not_sent
 
@@ -39,6 +41,11 @@ logging.getLogger("httpx").addFilter(_WithoutOwnCalls())
 
 USER_AGENT = f"comfyui-fal-sd3/{__version__} (fal_core; python)"
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+# fal's JSON answers are a few kB; a result with inline pictures (sync_mode) a few MB. Past this an
+# answer is refused instead of growing the process (a 60 MB "result" was once copied whole).
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+# Of an error answer only the start is ever shown; the rest (maybe endless) is not read.
+MAX_ERROR_BYTES = 64 * 1024
 
 
 class Transport:
@@ -84,7 +91,8 @@ class Transport:
         ``what`` names the call in messages ("status of request abc"). Non-idempotent calls
         (submits) raise :class:`TransportError` with ``maybe_delivered=True`` when the failure
         leaves open whether the server received the request. A body over ``max_bytes`` is
-        refused with :class:`FileError` without being read to the end.
+        refused with :class:`FileError` without being read to the end; without ``max_bytes``, an
+        answer over MAX_ANSWER_BYTES is refused with :class:`ResponseTooLarge`.
         """
         policy = retry or self.retry
         self._check_url(url, what)
@@ -134,8 +142,10 @@ class Transport:
             log.debug("fal: %s %s -> HTTP %d (stream)", method, _safe_url(url), response.status_code)
             try:
                 if not response.is_success:
-                    await response.aread()
-                    raise self.status_error(response, what)
+                    body = await _read_error(response)
+                    kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
+                    raise self.status_error(httpx.Response(response.status_code, headers=kept, content=body,
+                                                           request=request), what)
                 yield response
             finally:
                 await response.aclose()
@@ -205,18 +215,32 @@ class Transport:
 
 
 async def _read(response: httpx.Response, max_bytes: int | None, what: str) -> bytes:
-    if max_bytes is None or not response.is_success:
-        return await response.aread()
+    """The body, bounded: a file by ``max_bytes`` (FileError past it), any other answer by
+    MAX_ANSWER_BYTES (ResponseTooLarge), an error answer by MAX_ERROR_BYTES (cut there)."""
+    if not response.is_success:
+        return await _read_error(response)
+    limit, error = (max_bytes, FileError) if max_bytes is not None else (MAX_ANSWER_BYTES, ResponseTooLarge)
     declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise FileError(f"The {what} is {int(declared):,} bytes, over the limit of {max_bytes:,}; it was not downloaded.")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise error(f"The {what} is {int(declared):,} bytes, over the limit of {limit:,} bytes; it was not downloaded.")
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
-        if size > max_bytes:
-            raise FileError(f"The {what} is over the limit of {max_bytes:,} bytes; the download was stopped.")
+        if size > limit:
+            raise error(f"The {what} is over the limit of {limit:,} bytes; the download was stopped.")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_error(response: httpx.Response) -> bytes:
+    """The start of an error answer: only its first words are ever shown, and it may not end."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_ERROR_BYTES:
+            break
+    return b"".join(chunks)[:MAX_ERROR_BYTES]
 
 
 _HOST = re.compile(r"[A-Za-z0-9._:\[\]-]+")

@@ -198,3 +198,61 @@ def test_a_malformed_result_url_is_a_transport_error_naming_it(fal_env, url, pro
     with pytest.raises(TransportError) as failure:
         asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture())}))
     assert problem in str(failure.value) and url in str(failure.value)
+
+
+def _peak_memory(run):
+    """What ``run()`` returns or raises, and the peak of Python memory it took (bytes)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        try:
+            outcome = run()
+        except Exception as exc:
+            outcome = exc
+        return outcome, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_an_endless_status_stream_line_is_dropped_and_the_result_still_arrives(fal_env, caplog):
+    fal_env.fault("stream", endless=True)  # 1 GiB without a newline
+    pic = picture()
+    outcome, peak = _peak_memory(lambda: asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(pic)})))
+    assert not isinstance(outcome, Exception), outcome
+    assert np.array_equal(as_uint8(outcome[0])[0], expected_output(pic, 0, None))
+    assert "line of over 1,048,576 bytes" in caplog.text and fal_env.count("status") >= 1
+    assert peak < 32 * 1024 * 1024
+
+
+@pytest.mark.parametrize("fault", [dict(pad=20 * 1024 * 1024), dict(endless=True)])
+def test_a_giant_or_endless_answer_is_refused_with_a_clear_error(fal_env, tmp_path, fault):
+    fal_env.fault("result", **fault)
+    failure, peak = _peak_memory(lambda: asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture())})))
+    assert isinstance(failure, ResponseError), failure
+    assert "over the limit of 16,777,216 bytes" in str(failure) and "sync_mode" in str(failure)
+    if fault.get("endless"):  # (the padded answer is built in this process, by the emulator)
+        assert peak < 48 * 1024 * 1024
+    journal = tmp_path / "state" / "journal.jsonl"
+    assert journal.stat().st_size < 64 * 1024  # nothing of it was copied into the journal
+
+
+def test_more_result_images_than_asked_are_refused_before_any_download(fal_env):
+    fal_env.fault("result", patch={"images": [{"url": f"{fal_env.cdn_url}/files/x/{i}.png"} for i in range(50)]})
+    with pytest.raises(ResponseError, match="has 50 images, but 2 were asked for"):
+        asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture()), "num_images": 2}))
+    assert fal_env.count("file") == 0
+
+
+def test_a_result_image_over_sd3s_size_is_refused_from_its_header(fal_env):
+    import struct
+    import zlib
+
+    from comfyui_fal_sd3.fal_core.errors import FileError
+    from comfyui_fal_sd3.fal_core.images import _PNG_SIGNATURE, _chunk
+    # A few hundred bytes that claim 8000x8000 pixels (192 MB once decoded).
+    bomb = _PNG_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 8000, 8, 2, 0, 0, 0)) + \
+        _chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + _chunk(b"IEND", b"")
+    url = fal_env._store("bomb.png", bomb, "image/png")
+    fal_env.fault("result", patch={"images": [{"url": url}]})
+    with pytest.raises(FileError, match=r"claims 8000x8000 pixels, over the limit of 9,437,184"):
+        asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture())}))
