@@ -68,13 +68,14 @@ def test_editor_routes_budget_refusal_result_node_and_a_quiet_log(comfyui, emula
     price = httpx.get(url + "/fal/price", timeout=30).json()
     assert price["endpoint_id"] == "fal-ai/stable-diffusion-v3-medium/image-to-image" and price["unit"] == "image"
     deadline = time.monotonic() + 10
-    while price["source"] != "fal":  # refreshed in the background
+    while price["source"] != "fal":  # refreshed in the background (or by a run before)
         assert time.monotonic() < deadline, price
         time.sleep(0.1)
         price = httpx.get(url + "/fal/price", timeout=30).json()
     assert price["unit_price"] == 0.04
     budget = httpx.get(url + "/fal/budget", timeout=30).json()
-    assert budget["spent_today"] == pytest.approx(0.035 * emulator.count("submit"))  # priced before fal answered
+    paid = emulator.count("submit")  # each at the published price or, once a run refreshed it, fal's
+    assert paid >= 1 and 0.035 * paid - 1e-9 <= budget["spent_today"] <= 0.04 * paid + 1e-9
 
     # A daily budget of 0 refuses the next paid run before anything is sent.
     submits = emulator.count("submit")

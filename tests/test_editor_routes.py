@@ -185,3 +185,17 @@ def test_a_bad_budget_is_refused(state, body):
 def test_budget_refuses_other_sites(state):
     ((status, _, _),) = call({}, ("POST", "/fal/budget", {"daily_budget": 100}, {"Origin": "http://evil.example"}))
     assert status == 403 and not session.budget_file().exists()
+
+
+def test_a_hostile_fal_echoing_the_key_gets_it_into_no_answer_and_no_file(fal_emulator, state, caplog):
+    caplog.set_level(logging.DEBUG)
+    fal_emulator.echo_key = True
+    answers = call(without_key(fal_emulator),
+                   ("POST", "/fal/key/test", {"key": "typed-id:typed-echoed-secret"}, None),
+                   ("POST", "/fal/key/test", {"key": fal_emulator.key}, None),
+                   ("GET", "/fal/price", None, None), pause=0.3)
+    answers += call(fal_emulator.env(), ("GET", "/fal/price", None, None))
+    assert answers[0][1]["ok"] is False and answers[1][1] == {"ok": True, "source": "argument"}
+    stored = (state / "prices.json").read_text()
+    for secret in ("typed-echoed-secret", "test-key-secret"):
+        assert secret not in json.dumps([b for _, b, _ in answers]) + stored + caplog.text
