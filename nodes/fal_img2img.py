@@ -143,14 +143,14 @@ class FalSD3Img2Img:
 
         book = journal()
         downloads = result_files(book)
-        # The price as known now (never a network wait); a stale one is refreshed during the run.
+        # The price as known now (never a network wait): the server refreshes it (see routes).
         price = session.price_cache().current()
         cost = {"amount": round(price.cost(num_images), 6), "currency": price.currency, "source": price.source}
         try:
             # Pruned here rather than at start-up: the pack's import must stay free of disk work.
             await asyncio.to_thread(lambda: (book.prune(), downloads.prune(),
                                              session.check_budget(book, cost["amount"] * len(sources), price.currency)))
-            async with open_client() as fal, session.price_refresh(fal):
+            async with open_client() as fal:
                 batch = asyncio.ensure_future(img2img_batch(
                     fal, sources, params, concurrency=DEFAULT_CONCURRENCY, on_update=on_update,
                     image_format=image_format, timeout=timeout or None, journal=book, result_files=downloads,

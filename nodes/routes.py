@@ -213,18 +213,6 @@ def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
             return not_accepted(None, str(exc))
         return answer(ok=True, source=config.key_source)
 
-    background: set[asyncio.Task] = set()
-    refreshing: set[tuple] = set()
-
-    async def refresh_price(cache, endpoint_id: str) -> None:
-        from . import session
-
-        try:
-            async with session.open_client(session.config(env, key_file())) as fal:
-                await cache.refresh(fal.transport, endpoint_id)
-        finally:
-            refreshing.discard((cache.path, endpoint_id))
-
     @routes.get(PRICE_ROUTE)
     @same_origin_only
     async def price(request: web.Request) -> web.Response:
@@ -234,14 +222,9 @@ def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
         endpoint_id = request.query.get("endpoint_id", ENDPOINT)
         if not _ENDPOINT_ID.match(endpoint_id):
             return answer(400, error=f"endpoint_id={endpoint_id[:80]!r}: use an id of the form owner/alias[/path]")
-        cache = session.price_cache()
-        known = cache.current(endpoint_id)
-        if cache.needs_refresh(endpoint_id) and (cache.path, endpoint_id) not in refreshing:
-            # Answered from what is known: the editor never waits on fal for a price.
-            refreshing.add((cache.path, endpoint_id))
-            task = asyncio.get_running_loop().create_task(refresh_price(cache, endpoint_id))
-            background.add(task)
-            task.add_done_callback(background.discard)
+        known = session.price_cache().current(endpoint_id)
+        # Answered from what is known: the editor never waits on fal for a price.
+        refresh_price_in_background(endpoint_id, env, key_file)
         if known is None:
             return answer(404, error=f"no price known for {endpoint_id} yet; asking fal, try again shortly")
         return answer(**known.to_json())
@@ -286,6 +269,40 @@ def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
 
 
 
+_background: set[asyncio.Task] = set()
+_refreshing: set[tuple] = set()
+
+
+def refresh_price_in_background(endpoint_id: str, env: Mapping[str, str] = os.environ,
+                                key_file: Callable[[], Path] = comfy.key_file) -> None:
+    """Ask fal for the price on the running loop (ComfyUI's server's), when it is over a day old
+    or missing and no refresh of it is under way; returns at once."""
+    from . import session
+
+    cache = session.price_cache()
+    if not cache.needs_refresh(endpoint_id) or (cache.path, endpoint_id) in _refreshing:
+        return
+    _refreshing.add((cache.path, endpoint_id))
+
+    async def refresh() -> None:
+        try:
+            async with session.open_client(session.config(env, key_file())) as fal:
+                await cache.refresh(fal.transport, endpoint_id)
+        finally:
+            _refreshing.discard((cache.path, endpoint_id))
+
+    task = asyncio.get_running_loop().create_task(refresh())
+    _background.add(task)  # held, so the task is not collected before it ends
+    task.add_done_callback(_background.discard)
+
+
+async def _refresh_price_at_start(app) -> None:
+    # A headless ComfyUI never opens the editor, whose price route would be the only one to ask.
+    from ..fal_core.schema import ENDPOINT
+
+    refresh_price_in_background(ENDPOINT)
+
+
 def register() -> None:
     """Add the routes to ComfyUI's server; a no-op outside ComfyUI (tests, other hosts).
 
@@ -294,3 +311,6 @@ def register() -> None:
     server = comfy.server_instance()
     if server is not None:
         add_routes(server.routes)
+        app = getattr(server, "app", None)
+        if app is not None:
+            app.on_startup.append(_refresh_price_at_start)

@@ -4,8 +4,6 @@ state folder."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 from pathlib import Path
 from typing import Mapping
@@ -51,26 +49,6 @@ def price_cache() -> PriceCache:
     """One cache per state folder for the process, so a price fetched is not read from disk again."""
     path = comfy.state_dir() / "prices.json"
     return _price_caches.setdefault(path, PriceCache(path))
-
-
-# How long a successful run waits for a price refresh it started before dropping it.
-PRICE_WAIT = 2.0
-
-
-@contextlib.asynccontextmanager
-async def price_refresh(fal: FalClient):
-    """Refresh the price alongside a run when it is over a day old: a headless ComfyUI never
-    opens the editor, whose price route would otherwise be the only one to ask fal."""
-    cache = price_cache()
-    task = asyncio.ensure_future(cache.refresh(fal.transport)) if cache.needs_refresh() else None
-    try:
-        yield
-        if task is not None:
-            await asyncio.wait([task], timeout=PRICE_WAIT)
-    finally:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 def budget_file() -> Path:

@@ -73,6 +73,7 @@ def test_editor_routes_budget_refusal_result_node_and_a_quiet_log(comfyui, emula
         time.sleep(0.1)
         price = httpx.get(url + "/fal/price", timeout=30).json()
     assert price["unit_price"] == 0.04
+    assert emulator.count("pricing") == 1  # asked once, at ComfyUI's start, and kept
     budget = httpx.get(url + "/fal/budget", timeout=30).json()
     paid = emulator.count("submit")  # each at the published price or, once a run refreshed it, fal's
     assert paid >= 1 and 0.035 * paid - 1e-9 <= budget["spent_today"] <= 0.04 * paid + 1e-9

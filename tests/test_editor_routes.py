@@ -199,3 +199,25 @@ def test_a_hostile_fal_echoing_the_key_gets_it_into_no_answer_and_no_file(fal_em
     stored = (state / "prices.json").read_text()
     for secret in ("typed-echoed-secret", "test-key-secret"):
         assert secret not in json.dumps([b for _, b, _ in answers]) + stored + caplog.text
+
+
+def test_comfyuis_start_asks_fal_for_the_price_in_the_background(fal_env, state, monkeypatch):
+    import sys
+    import types
+
+    from comfyui_fal_sd3.nodes.routes import register
+    application = web.Application()
+    server = types.ModuleType("server")
+    server.PromptServer = types.SimpleNamespace(instance=types.SimpleNamespace(routes=web.RouteTableDef(),
+                                                                               app=application))
+    monkeypatch.setitem(sys.modules, "server", server)
+    register()
+
+    async def start():
+        async with TestServer(application):  # runs the app's start-up hooks, as ComfyUI's server does
+            for _ in range(100):
+                if session.price_cache().current().source == "fal":
+                    break
+                await asyncio.sleep(0.02)
+    asyncio.run(start())
+    assert session.price_cache().current().unit_price == 0.04 and fal_env.count("pricing") == 1
