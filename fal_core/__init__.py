@@ -22,6 +22,9 @@ _EXPORTS = {
     "status": ["RequestHandle", "Status"],
     "schema": ["ENDPOINT", "FIELDS", "ImageSize", "Img2ImgOutput"],
     "img2img": ["Img2ImgResult", "img2img", "img2img_batch"],
+    "pricing": ["Price", "PriceCache"],
+    "budget": ["Budget", "BudgetExceeded"],
+    "recovery": ["Recovered", "recover"],
     "errors": [
         "FalError", "ConfigError", "MissingKeyError", "InputError", "FieldError", "FileError",
         "TransportError", "SubmitUncertainError", "HTTPStatusError", "AuthError", "ValidationError",

@@ -46,7 +46,7 @@ def _which(journal: Journal, request_id: str, app_id: str) -> tuple[str, Entry |
     request_id = request_id.strip()
     if not request_id:
         entry = newest(journal, app_id)
-        if entry is None:
+        if entry is None or entry.request_id is None:
             raise InputError([FieldError("request_id", "", f"is empty and the journal {journal.path} holds no "
                                          f"request of {app_id} from the last 24 h: paste a request id")])
         return entry.request_id, entry
@@ -60,9 +60,8 @@ async def recover(client: FalClient, journal: Journal, request_id: str = "", *, 
                   result_files: ResultFiles | None = None) -> Recovered:
     """The result of ``request_id`` (empty: the journal's newest request of ``app_id``), decoded."""
     request_id, entry = _which(journal, request_id, app_id)
-    from_journal = entry is not None and entry.state == COMPLETED and entry.result is not None
-    if from_journal:
-        raw = entry.result
+    if entry is not None and entry.state == COMPLETED and entry.result is not None:
+        from_journal, raw = True, entry.result
     else:
         handle = entry.handle if entry is not None and entry.handle is not None else \
             client.queue.handle(app_id, request_id)
@@ -75,7 +74,7 @@ async def recover(client: FalClient, journal: Journal, request_id: str = "", *, 
         if status.error:
             raise AppError(f"Request {request_id} failed at fal: {status.error}", request_id=request_id,
                            error=status.error, error_type=status.error_type)
-        raw = await client.queue.result(handle)
+        from_journal, raw = False, await client.queue.result(handle)
         if entry is not None:
             # Kept, so the next recovery (or an identical run) needs no call to fal.
             journal.completed(entry.fingerprint, request_id, raw)

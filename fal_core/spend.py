@@ -41,10 +41,12 @@ def _paid(records: Iterable[Mapping[str, Any]]) -> list[tuple[float, float | Non
         if record.get("state") != "pending" or not record.get("request_id"):
             continue
         cost = record.get("cost")
-        amount = cost.get("amount") if isinstance(cost, Mapping) else None
-        valid = isinstance(amount, (int, float)) and not isinstance(amount, bool)
-        paid.append((float(record.get("time", 0.0)), float(amount) if valid else None,
-                     cost.get("currency") if valid and isinstance(cost.get("currency"), str) else None))
+        cost = cost if isinstance(cost, Mapping) else {}
+        amount, currency = cost.get("amount"), cost.get("currency")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            amount = None
+        paid.append((float(record.get("time", 0.0)), None if amount is None else float(amount),
+                     currency if amount is not None and isinstance(currency, str) else None))
     return paid
 
 
