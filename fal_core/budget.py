@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError, FalError
+from .private_files import private_folder
 
 ENV = "FAL_SD3_DAILY_BUDGET"
 
@@ -70,7 +71,7 @@ def save(path: Path, daily: float | None) -> None:
     if daily is None:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".budget-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

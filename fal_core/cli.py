@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import mimetypes
+import re
 import sys
 import time
 from pathlib import Path
@@ -143,13 +144,19 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+def _file_stem(text: str) -> str:
+    """A name that stays inside the output folder: a request id (from fal, the journal or the
+    command line) is never taken as a path."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)[:80] or "fal"
+
+
 async def _save(fal: FalClient, urls: Sequence[str], out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, url in enumerate(urls):
         data, mime = await fetch_bytes(fal.transport, url, what=f"result image {i + 1}")
         mime = sniff_mime(data) or (mime or "").split(";")[0]
-        path = out_dir / f"{stem}-{i}{_EXTENSIONS.get(mime, '.bin')}"
+        path = out_dir / f"{_file_stem(stem)}-{i}{_EXTENSIONS.get(mime, '.bin')}"
         path.write_bytes(data)
         paths.append(path)
     return paths

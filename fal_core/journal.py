@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from .private_files import private_folder, write_private
 from .redaction import redact_value
 from .status import RequestHandle
 
@@ -129,7 +130,7 @@ class Journal:
         record = {"fingerprint": fp, "state": state, "time": time.time(),
                   **{k: v for k, v in facts.items() if v is not None}}
         line = _line(record)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)
         with self._locked():
             # Opened per record, so a compaction (which replaces the file) never strands a writer
             # on the old file; O_APPEND plus one write() keeps each line whole.
@@ -144,7 +145,7 @@ class Journal:
         if fcntl is None:
             yield
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)
         with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -249,11 +250,7 @@ class ResultFiles:
             return None
 
     def put(self, url: str, data: bytes) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._path(url)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_private(self._path(url), data)
 
     def prune(self) -> int:
         removed = 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import AuthError, ConfigError, FalError, HTTPStatusError, ResponseError
+from .private_files import private_folder
 from .retry import RetryPolicy
 from .schema import ENDPOINT
 from .transport import Transport
@@ -197,7 +198,7 @@ class PriceCache:
 
     def _save(self, state: dict) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(self.path.parent)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".prices-")
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:

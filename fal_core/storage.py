@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .errors import AuthError, HTTPStatusError, ResponseError, TransportError
 from .images import to_data_uri
+from .private_files import private_folder
 from .redaction import excerpt
 from .retry import RetryPolicy
 from .transport import Transport
@@ -77,7 +78,7 @@ class UploadCache:
         entries[digest] = (url, now)
         self._entries = entries
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(self.path.parent)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".uploads-")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({k: list(v) for k, v in entries.items()}, f)

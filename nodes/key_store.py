@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Mapping
 
 from ..fal_core.config import key_from_env, key_from_file
+from ..fal_core.private_files import private_folder
 
 
 def save(path: Path, key: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folder(path.parent)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

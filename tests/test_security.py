@@ -256,3 +256,28 @@ def test_a_result_image_over_sd3s_size_is_refused_from_its_header(fal_env):
     fal_env.fault("result", patch={"images": [{"url": url}]})
     with pytest.raises(FileError, match=r"claims 8000x8000 pixels, over the limit of 9,437,184"):
         asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture())}))
+
+
+def test_the_state_folder_is_created_private_and_result_files_too(fal_env, monkeypatch, tmp_path):
+    import os
+    import stat
+    state = tmp_path / "fresh" / "state"  # neither exists: the first writer creates both
+    monkeypatch.setenv("FAL_SD3_STATE_DIR", str(state))
+    os.umask(0o022)
+    asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture())}))
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(state) == 0o700 and mode(state.parent) == 0o700
+    results = list((state / "results").iterdir())
+    assert results and mode(state / "results") == 0o700 and {mode(p) for p in results} == {0o600}
+    assert mode(state / "journal.jsonl") == 0o600
+
+
+def test_a_request_id_never_becomes_a_path(fal_emulator, tmp_path):
+    env = {**fal_emulator.env(), "FAL_JOURNAL": str(tmp_path / "journal.jsonl")}
+    out = tmp_path / "out"
+    for args in (("result", "../../escaped", "-o", str(out)), ("journal", "--fetch", "../../escaped", "-o", str(out))):
+        answer = cli(*args, env=env)
+        assert answer.returncode == 2 and "request_id" in answer.stderr
+    assert not (tmp_path / "escaped-0.png").exists() and not list(tmp_path.parent.glob("escaped*"))
+    from comfyui_fal_sd3.fal_core.cli import _file_stem
+    assert _file_stem("fal-../../etc/passwd") == "fal-______etc_passwd"
