@@ -52,14 +52,16 @@ class DiffusersSD3Img2Img:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from .local_models import CUSTOM_PATH, choices
+        from .local_models import CUSTOM_PATH, NO_MODEL, choices, where_to_add
         from .local_pipeline import DEVICES, DTYPES, OFFLOADS, T5_MODES, dtype_tooltip
 
+        models = choices()
         return {
             "required": {
-                "model": (choices(), {"tooltip": (
+                "model": (models, {"tooltip": (
                     "SD3 diffusers folders in models/diffusers and SD3 checkpoints in models/checkpoints; "
-                    f"'{CUSTOM_PATH}' uses model_path.")}),
+                    f"'{CUSTOM_PATH}' uses model_path." + (
+                        f" None found: {where_to_add()}." if models[0] == NO_MODEL else ""))}),
                 "image": ("IMAGE", {"tooltip": "The picture(s) to transform; a batch runs picture by picture."}),
                 "prompt": schema_input("prompt"),
                 "negative_prompt": schema_input("negative_prompt"),

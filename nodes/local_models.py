@@ -17,6 +17,11 @@ from pathlib import Path
 from . import comfy
 
 CUSTOM_PATH = "custom path"
+# The menu's first entry when no SD3 model is in ComfyUI's folders: it says where to put one.
+NO_MODEL = "no SD3 model found: add one (see the tooltip), then press R"
+# What a user downloads (Stability AI's release): the checkpoints ComfyUI keeps, and the diffusers folder.
+CHECKPOINT_FILES = ("sd3_medium_incl_clips.safetensors", "sd3_medium_incl_clips_t5xxlfp8.safetensors")
+DIFFUSERS_FOLDER = "stable-diffusion-3-medium-diffusers"
 DIFFUSERS, CHECKPOINTS = "diffusers", "checkpoints"
 FOLDER, CHECKPOINT = "folder", "checkpoint"
 
@@ -61,7 +66,20 @@ def choices() -> list[str]:
         if root.is_dir():
             found += [f"{CHECKPOINTS}/{p.relative_to(root).as_posix()}"
                       for p in sorted(root.rglob("*.safetensors")) if _is_sd3_checkpoint(p)]
-    return [*dict.fromkeys(found), CUSTOM_PATH]
+    return [*dict.fromkeys(found), CUSTOM_PATH] if found else [NO_MODEL, CUSTOM_PATH]
+
+
+def where_to_add() -> str:
+    """Which folder gets which files, with this ComfyUI's own folder paths."""
+    def folder(kind: str) -> str:
+        roots = comfy.model_folders(kind)
+        return str(roots[0]) if roots else f"ComfyUI/models/{kind}"
+
+    return (
+        f"put {CHECKPOINT_FILES[0]} (CLIP encoders only) or {CHECKPOINT_FILES[1]} (with T5) into "
+        f"{folder(CHECKPOINTS)}, or a diffusers folder such as {DIFFUSERS_FOLDER} (with its model_index.json, "
+        f"transformer/, vae/, text_encoder*/, tokenizer*/ and scheduler/) into {folder(DIFFUSERS)}"
+    )
 
 
 def resolve(model: str, model_path: str = "") -> ModelSource:
@@ -74,6 +92,11 @@ def resolve(model: str, model_path: str = "") -> ModelSource:
                 "model_index.json) or an SD3 .safetensors checkpoint."
             )
         return inspect(path, "model_path")
+    if model == NO_MODEL:
+        raise LocalModelError(
+            f"model: no SD3 model was found in ComfyUI's model folders; {where_to_add()}. Then press R in the "
+            "editor to refresh the list, or set model_path to a model elsewhere on disk."
+        )
     if model == CUSTOM_PATH:
         raise LocalModelError(
             "model_path: empty while model is 'custom path'; give the path of an SD3 diffusers folder or "

@@ -157,6 +157,19 @@ def test_model_menu_lists_sd3_folders_and_checkpoints_only(tiny_model, tmp_path,
     assert images.shape == (1, 64, 96, 3)
 
 
+def test_with_no_sd3_model_the_menu_and_the_error_say_which_folder_gets_which_files(node, tmp_path, monkeypatch):
+    (tmp_path / "checkpoints").mkdir()
+    write_checkpoint(tmp_path / "checkpoints" / "sdxl.safetensors", SDXL_KEYS)
+    monkeypatch.setattr(comfy, "model_folders", lambda kind: [tmp_path / kind])
+    menu, options = DiffusersSD3Img2Img.INPUT_TYPES()["required"]["model"]
+    assert menu == [local_models.NO_MODEL, CUSTOM_PATH]
+    message = error_of(node, "", model=menu[0])
+    for text in (options["tooltip"], message):
+        assert str(tmp_path / "checkpoints") in text and str(tmp_path / "diffusers") in text
+        assert "sd3_medium_incl_clips_t5xxlfp8.safetensors" in text and "model_index.json" in text
+    assert message.startswith("model: no SD3 model was found")
+
+
 # --- what a user gets wrong, each with a clear message -------------------------------------
 
 # The names of SD3 medium's 24 joint blocks and its CLIP encoders (T5 left out, as in
