@@ -38,8 +38,9 @@ def example_picture() -> np.ndarray:
 
 
 @contextmanager
-def running_comfyui(base: Path, env: dict[str, str]) -> Iterator[str]:
-    """Start ComfyUI with ``base`` as its base folder and ``env`` as its environment; its URL."""
+def running_comfyui(base: Path, env: dict[str, str], device_args: tuple[str, ...] = ("--cpu",)) -> Iterator[str]:
+    """Start ComfyUI with ``base`` as its base folder and ``env`` as its environment; its URL.
+    ``device_args``: ComfyUI's device options (on the CPU by default; () lets it use a GPU)."""
     for folder in ("custom_nodes", "input", "output", "user", "models"):
         (base / folder).mkdir(exist_ok=True)
     (base / "custom_nodes" / PACK_FOLDER).symlink_to(ROOT, target_is_directory=True)
@@ -48,7 +49,7 @@ def running_comfyui(base: Path, env: dict[str, str]) -> Iterator[str]:
     log_path = base / "comfyui.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+            [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", *device_args, "--listen", "127.0.0.1",
              "--port", str(port), "--base-directory", str(base), "--disable-auto-launch"],
             cwd=COMFYUI_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
