@@ -221,3 +221,15 @@ def test_comfyuis_start_asks_fal_for_the_price_in_the_background(fal_env, state,
                 await asyncio.sleep(0.02)
     asyncio.run(start())
     assert session.price_cache().current().unit_price == 0.04 and fal_env.count("pricing") == 1
+
+
+def test_an_unwritable_state_folder_or_a_damaged_budget_file_is_said_by_path(state):
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text("a file where the state folder should be")
+    ((status, body, _),) = call({}, ("POST", "/fal/budget", {"daily_budget": 3}, None))
+    assert status == 500 and "budget.json" in body["error"] and "writable" in body["error"]
+    state.unlink()
+    state.mkdir()
+    session.budget_file().write_text("{torn")
+    ((status, body, _),) = call({}, ("GET", "/fal/budget", None, None))
+    assert status == 500 and str(session.budget_file()) in body["error"]

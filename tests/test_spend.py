@@ -137,3 +137,12 @@ def test_the_budget_route_reports_todays_spend(node_env):
     ((status, body, _),) = call({}, ("GET", "/fal/budget", None, None))
     assert status == 200 and body["spent_today"] == pytest.approx(0.07) and body["daily_budget"] is None
 
+
+
+def test_a_damaged_budget_file_stops_the_run_before_anything_is_sent(node_env):
+    from comfyui_fal_sd3.fal_core.errors import ConfigError
+    session.budget_file().parent.mkdir(parents=True, exist_ok=True)
+    session.budget_file().write_text('{"daily_budget": "lots"}')
+    with pytest.raises(ConfigError, match="daily_budget in .*budget.json='lots'"):
+        run(image=pictures(1))
+    assert node_env.calls() == []
