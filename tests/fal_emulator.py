@@ -22,25 +22,41 @@ Semantics chosen where fal's are not documented:
   "Request cancelled" (error_type "RequestCancelled"); its result is then 400;
 - cancel of a finished request: 400 ``{"status": "ALREADY_COMPLETED"}``.
 
+Network costs, off by default: ``rtt`` seconds puts a relay in front of each listener that
+delivers every byte RTT/2 after it was sent, both ways (requests, answers, each stream event),
+and holds a new connection's first bytes one more RTT (the TCP handshake); with ``tls`` the
+listeners speak TLS 1.3 with a certificate of a test CA (``ca_file``; ``env()`` sets
+SSL_CERT_FILE), so a TLS handshake costs its real round trip through the relay. Result files
+and uploads live on a listener of their own (``cdn_url``), as fal serves them from its CDN
+host: a client needs a connection of its own there. ``connections()`` counts the connections
+each listener accepted; ``drop_connections()`` closes them, as a server's idle timeout does.
+
 Standalone, for a ComfyUI in another process: ``python tests/fal_emulator.py --port 0 --key K``
-prints one JSON line with the URLs, then serves until killed; ``/_emulator/...`` routes set
-faults and configuration and read the calls.
+(``--rtt 0.05 --tls``) prints one JSON line with the URLs, then serves until killed;
+``/_emulator/...`` routes set faults and configuration and read the calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import base64
+import functools
 import hashlib
 import io
 import json
 import re
 import secrets
+import shutil
+import ssl
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -58,6 +74,25 @@ NAMESPACES = ("workflows", "comfy")
 LOG_LINES = 4
 NGINX_502 = ("<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1>"
              "</center><hr><center>nginx</center></body></html>")
+
+
+@functools.lru_cache(maxsize=None)
+def emulator_ca() -> tuple[str, str, str]:
+    """(CA certificate, server certificate, server key) files for 127.0.0.1, made once per process."""
+    folder = Path(tempfile.mkdtemp(prefix="fal-emulator-ca-"))
+    atexit.register(shutil.rmtree, folder, True)
+    ca, ca_key, cert, key, csr = (str(folder / n) for n in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run(["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=fal emulator test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    run(["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"])
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                                    "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                                    "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
+    run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", str(folder / "ext.cnf")])
+    return ca, cert, key
 
 
 def expected_output(image: np.ndarray, k: int, size: tuple[int, int] | None) -> np.ndarray:
@@ -145,8 +180,14 @@ class Job:
 class FalEmulator:
     def __init__(self, key: str = "test-key-id:test-key-secret", job_seconds: float = 0.2,
                  queue_seconds: float = 0.0, queue_positions: int = 0, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, rtt: float = 0.0, tls: bool = False) -> None:
         self.key = key
+        self.rtt = rtt
+        self.tls = tls
+        self.cdn_port = 0
+        self._connections = {"api": 0, "cdn": 0}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._relays: dict[asyncio.Task, tuple[asyncio.StreamWriter, ...]] = {}
         self.job_seconds = job_seconds
         self.queue_seconds = queue_seconds
         self.queue_positions = queue_positions
@@ -177,7 +218,16 @@ class FalEmulator:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self._scheme}://{self.host}:{self.port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def ca_file(self) -> str | None:
+        """The test CA that signed the TLS certificate (None without ``tls``)."""
+        return emulator_ca()[0] if self.tls else None
 
     @property
     def queue_url(self) -> str:
@@ -189,7 +239,7 @@ class FalEmulator:
 
     @property
     def cdn_url(self) -> str:
-        return self.base_url + "/cdn"
+        return f"{self._scheme}://{self.host}:{self.cdn_port}/cdn"
 
     @property
     def api_url(self) -> str:
@@ -197,8 +247,26 @@ class FalEmulator:
         return self.base_url + "/api/v1"
 
     def env(self) -> dict[str, str]:
-        return {"FAL_KEY": self.key, "FAL_QUEUE_URL": self.queue_url, "FAL_REST_URL": self.rest_url,
-                "FAL_CDN_URL": self.cdn_url, "FAL_API_URL": self.api_url}
+        env = {"FAL_KEY": self.key, "FAL_QUEUE_URL": self.queue_url, "FAL_REST_URL": self.rest_url,
+               "FAL_CDN_URL": self.cdn_url, "FAL_API_URL": self.api_url}
+        if self.tls:
+            env["SSL_CERT_FILE"] = self.ca_file
+        return env
+
+    def connections(self) -> dict[str, int]:
+        """Connections accepted so far: ``api`` (queue and REST) and ``cdn``."""
+        with self._lock:
+            return dict(self._connections)
+
+    def drop_connections(self) -> int:
+        """Close every open connection, idle or not, as a server's idle timeout does; how many."""
+        return asyncio.run_coroutine_threadsafe(self._drop(), self._loop).result(10)
+
+    async def _drop(self) -> int:
+        handlers = [h for h in self._runner.server.connections if h.transport is not None]
+        for handler in handlers:
+            handler.transport.close()
+        return len(handlers)
 
     def fault(self, kind: str, *, times: int = 1, **options: Any) -> None:
         with self._lock:
@@ -234,7 +302,7 @@ class FalEmulator:
     def stop(self) -> None:
         if self._loop is None:
             return
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop = None
@@ -259,9 +327,93 @@ class FalEmulator:
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        context = None
+        if self.tls:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*emulator_ca()[1:])
+        self.port = await self._listen("api", self.port, context)
+        self.cdn_port = await self._listen("cdn", 0, context)
+
+    async def _listen(self, name: str, port: int, context: ssl.SSLContext | None) -> int:
+        """Serve the app on a listener of its own; with ``rtt``, behind a relay that delays it."""
+        def protocol():
+            handler = self._runner.server()
+            with self._lock:
+                self._connections[name] += 1
+            return handler
+
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(protocol, self.host, 0 if self.rtt else port, ssl=context)
+        self._servers.append(server)
+        inner = server.sockets[0].getsockname()[1]
+        if not self.rtt:
+            return inner
+        relay = await asyncio.start_server(functools.partial(self._relay, inner), self.host, port)
+        self._servers.append(relay)
+        return relay.sockets[0].getsockname()[1]
+
+    async def _relay(self, inner: int, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        """One client connection through the network model: the handshake's round trip, then
+        every byte RTT/2 late in each direction (in order; an end or a reset too)."""
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
+        try:
+            server_reader, server_writer = await asyncio.open_connection(self.host, inner)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        self._relays[task] = (client_writer, server_writer)
+        try:
+            await asyncio.gather(self._pipe(client_reader, server_writer, opened + self.rtt),
+                                 self._pipe(server_reader, client_writer, opened))
+        finally:
+            self._relays.pop(task, None)
+            for writer in (client_writer, server_writer):
+                writer.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold_until: float) -> None:
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Queue = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await pending.get()
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                if data == b"":
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    return
+                if data is None:
+                    writer.transport.abort()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        sender = asyncio.ensure_future(deliver())
+        end: bytes | None = b""
+        try:
+            while data := await reader.read(1 << 16):
+                pending.put_nowait((max(loop.time(), hold_until) + self.rtt / 2, data))
+        except (ConnectionError, OSError):
+            end = None
+        pending.put_nowait((max(loop.time(), hold_until) + self.rtt / 2, end))
+        try:
+            await sender
+        except (ConnectionError, OSError):
+            pass
+
+    async def _shutdown(self) -> None:
+        for server in self._servers:
+            server.close()
+        # Reset rather than cancel: each relay then ends on its own, as over a broken network.
+        for writers in list(self._relays.values()):
+            for writer in writers:
+                writer.transport.abort()
+        if self._relays:
+            await asyncio.wait(list(self._relays), timeout=2 * self.rtt + 1)
+        await self._runner.cleanup()
 
     # --- routing -------------------------------------------------------------------------
 
@@ -712,7 +864,8 @@ class FalEmulator:
 
     async def _file(self, request, call, groups, fault) -> web.Response:
         with self._lock:
-            stored = self.files.get(f"{self.base_url}{request.path}")
+            stored = self.files.get(f"{self.base_url}{request.path}") or self.files.get(
+                self.cdn_url.removesuffix("/cdn") + request.path)
         if stored is None:
             return web.json_response({"detail": "File not found"}, status=404)
         return web.Response(body=stored[0], content_type=stored[1].split(";")[0])
@@ -746,6 +899,10 @@ class FalEmulator:
                     setattr(self, name, data[name])
         elif action == "reset" and request.method == "POST":
             self.reset()
+        elif action == "connections" and request.method == "GET":
+            return web.json_response(self.connections())
+        elif action == "drop_connections" and request.method == "POST":
+            await self._drop()
         elif action == "calls" and request.method == "GET":
             return web.json_response([{"kind": c.kind, "method": c.method, "path": c.path, "query": c.query,
                                        "status": c.status, "json": c.json if c.kind != "submit" else None}
@@ -760,10 +917,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--key", default="test-key-id:test-key-secret")
     parser.add_argument("--job-seconds", type=float, default=0.2)
+    parser.add_argument("--rtt", type=float, default=0.0, help="round trip time in seconds (network model)")
+    parser.add_argument("--tls", action="store_true", help="serve TLS 1.3 with a test CA (ca_file)")
     args = parser.parse_args()
-    emulator = FalEmulator(key=args.key, job_seconds=args.job_seconds, port=args.port).start()
+    emulator = FalEmulator(key=args.key, job_seconds=args.job_seconds, port=args.port, rtt=args.rtt,
+                           tls=args.tls).start()
     print(json.dumps({"queue_url": emulator.queue_url, "rest_url": emulator.rest_url,
-                      "cdn_url": emulator.cdn_url, "api_url": emulator.api_url, "key": emulator.key}), flush=True)
+                      "cdn_url": emulator.cdn_url, "api_url": emulator.api_url, "key": emulator.key,
+                      "ca_file": emulator.ca_file}), flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
