@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from .config import FalConfig
+from .connections import Pool
 from .queue import QueueClient
 from .retry import RetryPolicy
 from .storage import Storage, UploadCache
@@ -24,7 +25,8 @@ class FalClient:
             completion = await fal.queue.subscribe(app_id, payload)
 
     Configuration comes from the environment (see FalConfig.from_env) unless ``config`` is
-    given; keyword overrides such as ``key=`` or ``queue_url=`` win over both.
+    given; keyword overrides such as ``key=`` or ``queue_url=`` win over both. A ``pool`` (see
+    ``transport.new_pool``) is shared, not closed; without one the client has its own.
     """
 
     def __init__(
@@ -35,7 +37,7 @@ class FalClient:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         upload_cache: UploadCache | None = None,
         poll_interval: float = 0.2,
-        http: httpx.AsyncClient | None = None,
+        pool: Pool | None = None,
         **config_overrides: Any,
     ) -> None:
         if config is None:
@@ -43,7 +45,7 @@ class FalClient:
         elif config_overrides:
             config = config.with_(**config_overrides)
         self.config = config
-        self.transport = Transport(config, retry=retry, timeout=timeout, http=http)
+        self.transport = Transport(config, retry=retry, timeout=timeout, pool=pool)
         self.queue = QueueClient(self.transport, poll_interval=poll_interval)
         self.storage = Storage(self.transport, upload_cache)
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Mapping
 
@@ -37,6 +38,8 @@ STREAM_READ_TIMEOUT = 60.0
 # The cancellation check runs this often: well inside the 1 s a user waits after pressing Cancel.
 CANCEL_CHECK_INTERVAL = 0.1
 CANCEL_RETRY = RetryPolicy(attempts=3, base=0.2, cap=1.0)
+# fal ends the stream right after COMPLETED; a stream still open this long after it is closed.
+STREAM_DRAIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -157,18 +160,25 @@ class QueueClient:
         return Status.parse(_json(response, f"status of request {handle.request_id}"))
 
     async def stream_status(self, handle: RequestHandle, *, logs: bool = True) -> AsyncIterator[Status]:
-        """Statuses as fal pushes them over server-sent events; ends after COMPLETED."""
+        """Statuses as fal pushes them over server-sent events; ends after COMPLETED.
+
+        Before COMPLETED is passed on, the end of the body that follows it is read, so that the
+        connection goes back to the pool for the result's request instead of being closed.
+        """
         what = f"status stream of request {handle.request_id}"
         async with self.transport.stream(
             "GET", handle.status_url + "/stream", what=what, params={"logs": "1" if logs else "0"},
             timeout=httpx.Timeout(STREAM_READ_TIMEOUT, connect=10.0),
         ) as response:
+            lines = iter_lines(response.aiter_bytes())
             try:
-                async for data in iter_data(iter_lines(response.aiter_bytes())):
+                async for data in iter_data(lines):
                     status = Status.parse(_loads(data, what))
-                    yield status
                     if status.completed:
+                        await _drain(lines)
+                        yield status
                         return
+                    yield status
             except httpx.TransportError as exc:
                 raise TransportError(f"{what} dropped: {type(exc).__name__}", url=handle.status_url) from None
 
@@ -278,11 +288,13 @@ class QueueClient:
         failures = 0
         while stream and failures < STREAM_RECONNECTS:
             try:
-                async for status in self.stream_status(handle, logs=logs):
-                    failures = 0
-                    tracker.feed(status)
-                    if status.completed:
-                        return status
+                # Closed on the way out, so the stream's connection is free before the result.
+                async with aclosing(self.stream_status(handle, logs=logs)) as statuses:
+                    async for status in statuses:
+                        failures = 0
+                        tracker.feed(status)
+                        if status.completed:
+                            return status
                 failures += 1  # the stream ended without COMPLETED
             except HTTPStatusError as exc:
                 if exc.status_code in (401, 403):
@@ -330,6 +342,17 @@ class QueueClient:
             await self.cancel(handle)
         except Exception as exc:  # the caller is already failing; report why cancel did not land
             log.warning("fal: could not cancel request %s: %s", handle.request_id, exc)
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read a stream to its end if it ends within STREAM_DRAIN seconds."""
+    async def rest() -> None:
+        async for _ in lines:
+            pass
+    try:
+        await asyncio.wait_for(rest(), STREAM_DRAIN)
+    except (asyncio.TimeoutError, httpx.TransportError, ResponseTooLarge):
+        pass  # the connection is closed with the stream instead of being reused
 
 
 async def _watch(should_cancel: ShouldCancel) -> None:

@@ -18,6 +18,7 @@ import httpx
 
 from . import __version__
 from .config import FalConfig
+from .connections import Pool
 from .errors import (
     AuthError, FieldError, FileError, HTTPStatusError, ResponseTooLarge, TransportError, ValidationError,
 )
@@ -48,6 +49,12 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 
 
+def new_pool(timeout: httpx.Timeout | float = DEFAULT_TIMEOUT) -> Pool:
+    """A connection pool with fal_core's User-Agent. It honours HTTP(S)_PROXY / NO_PROXY and
+    SSL_CERT_FILE as any httpx client does."""
+    return Pool(timeout, {"User-Agent": USER_AGENT})
+
+
 class Transport:
     """An httpx.AsyncClient with fal's authentication, our retry policy and error mapping."""
 
@@ -57,17 +64,22 @@ class Transport:
         *,
         retry: RetryPolicy = RetryPolicy(),
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        http: httpx.AsyncClient | None = None,
+        pool: Pool | None = None,
     ) -> None:
         self.config = config
         self.retry = retry
-        # trust_env keeps HTTP(S)_PROXY / NO_PROXY / SSL_CERT_FILE working as in any httpx client.
-        self._http = http or httpx.AsyncClient(timeout=timeout, headers={"User-Agent": USER_AGENT}, trust_env=True)
-        self._owns_http = http is None
+        # The key goes on each request, never on the pool: one pool serves every configuration.
+        self.pool = pool or new_pool(timeout)
+        self._http = self.pool.http
+        self._owns_pool = pool is None
 
     async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
+        if self._owns_pool:
+            await self.pool.aclose()
+
+    def preconnect(self, url: str, count: int = 1) -> None:
+        """Open ``count`` connections to ``url``'s host now, unless that many are idle already."""
+        self.pool.preconnect(url, count)
 
     def _headers(self, url: str, headers: Mapping[str, str] | None) -> dict[str, str]:
         merged = dict(headers or {})

@@ -112,7 +112,7 @@ class FalSD3Img2Img:
         # the codecs are only needed once a fal node runs.
         from ..fal_core.img2img import DEFAULT_CONCURRENCY, img2img_batch
         from . import session
-        from .session import journal, open_client, result_files
+        from .session import client, engine, journal, result_files
 
         sources = self._sources(image, image_url)
         params = {
@@ -150,20 +150,22 @@ class FalSD3Img2Img:
             # Pruned here rather than at start-up: the pack's import must stay free of disk work.
             await asyncio.to_thread(lambda: (book.prune(), downloads.prune(),
                                              session.check_budget(book, cost["amount"] * len(sources), price.currency)))
-            async with open_client() as fal:
-                batch = asyncio.ensure_future(img2img_batch(
-                    fal, sources, params, concurrency=DEFAULT_CONCURRENCY, on_update=on_update,
-                    image_format=image_format, timeout=timeout or None, journal=book, result_files=downloads,
-                    force_new=force_new_request, cost=cost))
-                while not batch.done():
-                    if interrupted or comfy.interrupted():
-                        batch.cancel()
-                        await asyncio.gather(batch, return_exceptions=True)
-                        status.finish("cancelled")
-                        show()
-                        raise comfy.interrupt_exception()
-                    await asyncio.wait([batch], timeout=INTERRUPT_POLL)
-                results = batch.result()
+            # The requests run on the pack's own loop: its connections outlive this prompt's loop.
+            # Updates come back to this loop, where ComfyUI's progress and events are sent.
+            fal, background = client(), engine()
+            batch = asyncio.ensure_future(background.call(
+                img2img_batch, fal, sources, params, concurrency=DEFAULT_CONCURRENCY,
+                on_update=background.relay(on_update), image_format=image_format, timeout=timeout or None,
+                journal=book, result_files=downloads, force_new=force_new_request, cost=cost))
+            while not batch.done():
+                if interrupted or comfy.interrupted():
+                    batch.cancel()
+                    await asyncio.gather(batch, return_exceptions=True)
+                    status.finish("cancelled")
+                    show()
+                    raise comfy.interrupt_exception()
+                await asyncio.wait([batch], timeout=INTERRUPT_POLL)
+            results = batch.result()
             outputs = self._outputs(results, seed)
         except Exception as exc:
             # Every way out ends the status the front end draws, not only fal's own errors.

@@ -1,6 +1,7 @@
 """A FalClient set up for ComfyUI: the key from the environment or the settings dialog's file;
 uploads, the request journal, downloaded results, prices and the daily budget kept in the pack's
-state folder."""
+state folder. The nodes' clients live on fal_core's background loop, so their connections
+outlive each prompt."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Mapping
 
 from ..fal_core import budget as budgets
 from ..fal_core import spend
+from ..fal_core.background import Background, shared
 from ..fal_core.client import FalClient
 from ..fal_core.config import FalConfig
 from ..fal_core.journal import Journal, ResultFiles
@@ -31,6 +33,16 @@ def config(env: Mapping[str, str] | None = None, key_file: Path | None = None) -
 
 def open_client(cfg: FalConfig | None = None) -> FalClient:
     return FalClient(cfg or config(), upload_cache=UploadCache(comfy.state_dir() / "uploads.json"))
+
+
+def engine() -> Background:
+    """The loop every fal node hands its work to (see fal_core.background)."""
+    return shared()
+
+
+def client() -> FalClient:
+    """The client for the current configuration; use it on ``engine()``'s loop."""
+    return shared().client(config(), comfy.state_dir() / "uploads.json")
 
 
 def journal() -> Journal:

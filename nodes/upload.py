@@ -32,12 +32,16 @@ class FalUploadImage:
     async def upload(self, image, format="png"):
         # Imported on use: the pack's import at ComfyUI's start-up stays cheap.
         from ..fal_core.images import encode
-        from .session import open_client
+        from .session import client, engine
 
         arrays = to_uint8(image)
-        async with open_client() as fal:
+        fal = client()
+
+        async def upload_all():
             async def one(array):
                 data, mime = await asyncio.to_thread(encode, array, format)
                 return await fal.storage.upload(data, mime)
-            urls = await asyncio.gather(*(one(a) for a in arrays))
+            return await asyncio.gather(*(one(a) for a in arrays))
+        # On the pack's loop, like SD3 Img2Img (fal): the same connections and CDN token.
+        urls = await engine().call(upload_all)
         return ("\n".join(urls),)
