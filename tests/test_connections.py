@@ -19,7 +19,9 @@ from comfyui_fal_sd3.nodes import comfy
 from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img
 from fal_emulator import FalEmulator, expected_output
 
-RTT = 0.1
+RTT = 0.2
+# Less than one round trip: a charge too many or too few shows, a busy machine does not.
+SLACK = 0.75 * RTT
 DEFAULTS = dict(prompt="a cat", negative_prompt="", prompt_expansion=False, num_inference_steps=28, seed=42,
                 guidance_scale=5.0, num_images=1, enable_safety_checker=True, strength=0.9, sync_mode=False)
 
@@ -50,11 +52,11 @@ def test_latency_model_charges_a_round_trip_per_request_and_per_handshake(tls):
             first = timed_get(client, url)
             reused = [timed_get(client, url) for _ in range(2)]
         handshakes = 2 if tls else 1  # TCP, then TLS 1.3
-        assert (1 + handshakes) * RTT <= first < (1 + handshakes) * RTT + 0.06
-        assert all(RTT <= t < RTT + 0.05 for t in reused)
+        assert (1 + handshakes) * RTT <= first < (1 + handshakes) * RTT + SLACK
+        assert all(RTT <= t < RTT + SLACK for t in reused)
         # The request reached the server RTT/2 after it left, plus the handshakes.
         arrived = emu.calls()[0].time - sent
-        assert (handshakes + 0.5) * RTT <= arrived < (handshakes + 0.5) * RTT + 0.05
+        assert (handshakes + 0.5) * RTT <= arrived < (handshakes + 0.5) * RTT + SLACK
         assert emu.connections() == {"api": 1, "cdn": 0}
 
 
@@ -70,7 +72,7 @@ def test_latency_model_delays_each_stream_event_by_half_a_round_trip():
         seen, handle = asyncio.run(follow())
         job = emu.jobs[handle.request_id]
         late = seen - (job.created + job.job_seconds)
-        assert RTT / 2 <= late < RTT / 2 + 0.05
+        assert RTT / 2 <= late < RTT / 2 + SLACK
 
 
 def _data_uri():
