@@ -38,9 +38,9 @@ class FalRequestResult:
 
     async def fetch(self, request_id=""):
         from ..fal_core.recovery import recover
-        from .session import journal, open_client, result_files
+        from .session import client, engine, journal, result_files
 
         book = journal()
-        async with open_client() as fal:
-            found = await recover(fal, book, request_id, result_files=result_files(book))
+        # On the pack's own loop and connections, like SD3 Img2Img (fal).
+        found = await engine().call(recover, client(), book, request_id, result_files=result_files(book))
         return (from_uint8(found.images), summarize_answers([(found.request_id, found.raw)]))

@@ -205,8 +205,8 @@ def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
         if config.key is None:
             return not_accepted(None, str(MissingKeyError(config.missing_key_hint)))
         try:
-            async with session.open_client(config) as fal:
-                await check_key(fal.transport)
+            # On the nodes' own loop and connections, like a run.
+            await session.engine().call(check_key, session.client(config).transport)
         except HTTPStatusError as exc:
             return not_accepted(exc.status_code, str(exc))
         except FalError as exc:
@@ -286,8 +286,8 @@ def refresh_price_in_background(endpoint_id: str, env: Mapping[str, str] = os.en
 
     async def refresh() -> None:
         try:
-            async with session.open_client(session.config(env, key_file())) as fal:
-                await cache.refresh(fal.transport, endpoint_id)
+            transport = session.client(session.config(env, key_file())).transport
+            await session.engine().call(cache.refresh, transport, endpoint_id)
         finally:
             _refreshing.discard((cache.path, endpoint_id))
 

@@ -16,7 +16,6 @@ from ..fal_core.client import FalClient
 from ..fal_core.config import FalConfig
 from ..fal_core.journal import Journal, ResultFiles
 from ..fal_core.pricing import PriceCache
-from ..fal_core.storage import UploadCache
 from . import comfy
 
 KEY_HINT = "or enter it in ComfyUI's settings (Settings > fal > fal API key)"
@@ -31,18 +30,14 @@ def config(env: Mapping[str, str] | None = None, key_file: Path | None = None) -
                               key_place=KEY_PLACE)
 
 
-def open_client(cfg: FalConfig | None = None) -> FalClient:
-    return FalClient(cfg or config(), upload_cache=UploadCache(comfy.state_dir() / "uploads.json"))
-
-
 def engine() -> Background:
     """The loop every fal node hands its work to (see fal_core.background)."""
     return shared()
 
 
-def client() -> FalClient:
-    """The client for the current configuration; use it on ``engine()``'s loop."""
-    return shared().client(config(), comfy.state_dir() / "uploads.json")
+def client(cfg: FalConfig | None = None) -> FalClient:
+    """The client for ``cfg`` (default: the current configuration); use it on ``engine()``'s loop."""
+    return shared().client(cfg or config(), comfy.state_dir() / "uploads.json")
 
 
 def journal() -> Journal:

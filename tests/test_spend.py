@@ -53,8 +53,7 @@ def test_each_accepted_submit_is_paid_once_and_a_reused_result_costs_nothing(nod
 def test_the_price_fal_gave_is_what_the_journal_records(node_env):
     cache = session.price_cache()
     async def refresh():
-        async with session.open_client() as fal:
-            await cache.refresh(fal.transport)
+        await session.engine().call(cache.refresh, session.client().transport)
     asyncio.run(refresh())
     run(image=pictures(1), num_images=2)
     (record,) = [r for r in session.journal().records() if "cost" in r]
