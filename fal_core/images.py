@@ -127,6 +127,15 @@ def sniff_mime(data: bytes) -> str | None:
     return None
 
 
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an encoded picture's header, without decoding it; None if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # Pillow raises many kinds; decoding later says what is wrong
+        return None
+
+
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, source: str = "image") -> np.ndarray:
     """An (H,W,3) or (H,W,4) uint8 array from encoded bytes.
 

@@ -19,7 +19,7 @@ from .errors import (
     AppError, HTTPStatusError, RequestCancelled, RequestTimeout, SubmitUncertainError, ValidationError,
 )
 from .files import fetch_image
-from .images import encode, sniff_mime
+from .images import encode, image_dimensions, sniff_mime
 from .journal import COMPLETED, PENDING, UNKNOWN, Journal, ResultFiles, fingerprint
 from .queue import Completion, OnUpdate, ShouldCancel, Update
 from .schema import Img2ImgOutput
@@ -42,13 +42,23 @@ class Img2ImgResult:
 
 
 def check_params(params: Mapping[str, Any], image: ImageInput | None) -> dict[str, Any]:
-    """Validate ``params`` (every schema field except ``image_url``) before anything is sent."""
+    """Validate ``params`` (every schema field except ``image_url``) before anything is sent;
+    without an image_size, a picture given as pixels or bytes must have a size SD3 can make."""
     payload = dict(params)
     if isinstance(image, str):
         payload["image_url"] = image
     elif image is not None:
-        payload["image_url"] = "<image>"  # placed later; only its presence is checked here
-    return schema.validate(payload)
+        payload["image_url"] = schema.IMAGE_GIVEN
+    return schema.validate(payload, input_size=_size_of(image))
+
+
+def _size_of(image: ImageInput | None) -> tuple[int, int] | None:
+    """(width, height) of a picture given as pixels or bytes; None for a URL (fal fetches it)."""
+    if isinstance(image, np.ndarray):
+        return (image.shape[1], image.shape[0]) if image.ndim >= 2 else None
+    if isinstance(image, (bytes, bytearray)):
+        return image_dimensions(bytes(image))
+    return None
 
 
 async def encode_image(image: ImageInput, image_format: str = "png") -> tuple[bytes, str] | None:

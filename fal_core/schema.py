@@ -110,9 +110,10 @@ class ImageSize:
                     return cls(width=int(w), height=int(h))
         elif isinstance(value, Mapping) and set(value) == {"width", "height"}:
             return cls(width=value["width"], height=value["height"])
+        kind = "" if isinstance(value, (str, Mapping)) else f" (got {type(value).__name__})"
         raise InputError(
             [FieldError(field_name, value, f"use one of {', '.join(IMAGE_SIZE_PRESETS)}, "
-                        "{'width': W, 'height': H} or 'WxH'")]
+                        f"{{'width': W, 'height': H}} or 'WxH'{kind}")]
         )
 
     @property
@@ -169,20 +170,72 @@ def _check_field(spec: Field, value: Any) -> FieldError | None:
     return None
 
 
-def validate(payload: Mapping[str, Any]) -> dict[str, Any]:
+class _ImageGiven:
+    """Stands for a picture given as pixels or bytes: it gets its URL (a data URI or an upload)
+    only after validation."""
+
+    def __repr__(self) -> str:
+        return "<image>"
+
+
+IMAGE_GIVEN = _ImageGiven()
+_IMAGE_URL_SCHEMES = ("http://", "https://")
+
+
+def image_url_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be sent as ``image_url``, or None: fal fetches http(s) URLs and reads
+    data:image/ URIs; a file path, file://, javascript: or anything else is never sent."""
+    if not isinstance(value, str):
+        return "must be text: an http(s):// URL or a data:image/... URI"
+    text = value.strip()
+    lower = text.lower()
+    if lower.startswith(_IMAGE_URL_SCHEMES):
+        rest = text.split("://", 1)[1]
+        return None if rest and not rest.startswith("/") and not any(c.isspace() for c in text) else \
+            "is not a whole URL: http(s)://host/path, with no spaces"
+    if lower.startswith("data:image/") and "," in text:
+        return None
+    return ("use an http:// or https:// URL or a data:image/... URI; file paths, file://, javascript: and "
+            "other kinds are not sent (give a local picture as an IMAGE, or upload it first)")
+
+
+def input_size_problem(width: int, height: int, field_name: str = "image") -> FieldError | None:
+    """With no image_size the result keeps the input's size: SD3 takes sides of 64 to 3072 px."""
+    if MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE:
+        return None
+    return FieldError(field_name, f"{width}x{height}", (
+        f"is {width}x{height} pixels and no image_size is set, so the result would keep that size, but SD3 "
+        f"makes sides of {MIN_SIDE} to {MAX_SIDE} pixels: set image_size (in ComfyUI, connect SD3 Image Size) "
+        "or resize the picture"))
+
+
+def validate(payload: Mapping[str, Any], *, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Check a payload against the schema and return it as fal should receive it.
 
     Unknown fields, missing required ones, wrong types and out-of-range values are all collected
     into one :class:`InputError`. ``None`` means "not set" and is left out of the result.
+    ``input_size`` (width, height) is the input picture's, when known: without an image_size, it
+    must be one SD3 can make. ``image_url`` may be :data:`IMAGE_GIVEN` for a picture placed later.
     """
     errors: list[FieldError] = []
     clean: dict[str, Any] = {}
+    if input_size is not None and payload.get("image_size") is None:
+        problem = input_size_problem(*input_size)
+        if problem is not None:
+            errors.append(problem)
     for name, value in payload.items():
         spec = FIELDS.get(name)
         if spec is None:
             errors.append(FieldError(name, value, f"is not a field of {ENDPOINT}; known fields: {', '.join(FIELDS)}"))
             continue
         if value is None:
+            continue
+        if name == "image_url":
+            problem_text = None if value is IMAGE_GIVEN else image_url_problem(value)
+            if problem_text is not None:
+                errors.append(FieldError(name, value, problem_text))
+            else:
+                clean[name] = value if value is IMAGE_GIVEN else value.strip()
             continue
         if name == "image_size":
             try:

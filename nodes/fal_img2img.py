@@ -119,7 +119,8 @@ class FalSD3Img2Img:
             "prompt": prompt, "negative_prompt": negative_prompt, "prompt_expansion": prompt_expansion,
             "num_inference_steps": num_inference_steps, "seed": seed, "guidance_scale": guidance_scale,
             "num_images": num_images, "enable_safety_checker": enable_safety_checker, "strength": strength,
-            "sync_mode": sync_mode, "image_size": None if image_size is None else image_size.to_json(),
+            # Checked by the schema like any value: a wrong type is a clear error, not an AttributeError.
+            "sync_mode": sync_mode, "image_size": image_size,
         }
         status = RunStatus(unique_id, len(sources))
         bar = comfy.Progress(len(sources) * STEPS, unique_id)

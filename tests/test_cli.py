@@ -98,7 +98,7 @@ def test_bad_input_exits_2_without_network(fal_emulator, env, tmp_path):
 
 def test_missing_key_says_how_to_set_it(tmp_path):
     source = tmp_path / "in.png"
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(source)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(source)
     out = cli("img2img", str(source), "--prompt", "x",
               env={"FAL_QUEUE_URL": "http://127.0.0.1:9", "FAL_JOURNAL": str(tmp_path / "j.jsonl")})
     assert out.returncode == 2 and "FAL_KEY" in out.stderr

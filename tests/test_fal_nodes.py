@@ -27,7 +27,7 @@ def batch(*arrays):
     return torch.from_numpy(np.stack(arrays)).float() / 255.0
 
 
-def picture(h=40, w=48, seed=0):
+def picture(h=64, w=72, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
@@ -42,7 +42,7 @@ def run(**kwargs):
 def test_pixels_and_size_of_the_returned_image(fal_env):
     pic = picture()
     images, seed, flags, response = run(image=batch(pic))
-    assert images.shape == (1, 40, 48, 3) and images.dtype == torch.float32
+    assert images.shape == (1, 64, 72, 3) and images.dtype == torch.float32
     assert np.array_equal(as_uint8(images)[0], expected_output(pic, 0, None))
     assert seed == 42 and flags == [False]
     answer = json.loads(response)

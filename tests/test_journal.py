@@ -29,7 +29,7 @@ PARAMS = {"prompt": "a lighthouse", "seed": 5}
 
 
 def picture(seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, (64, 80, 3), dtype=np.uint8)
 
 
 def client(emu):
@@ -70,7 +70,7 @@ sys.path.insert(0, {tests!r})
 import conftest  # loads the pack as comfyui_fal_sd3
 from comfyui_fal_sd3.fal_core import FalClient, img2img
 from comfyui_fal_sd3.fal_core.journal import Journal
-picture = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+picture = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
 async def main():
     async with FalClient() as fal:
         result = await img2img(fal, picture, {{"prompt": "a lighthouse", "seed": 5}}, journal=Journal({path!r}))

@@ -18,7 +18,7 @@ from fal_emulator import expected_output
 FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05)
 
 
-def picture(h=48, w=64, seed=0):
+def picture(h=64, w=80, seed=0):
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w]
     base = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1) % 256

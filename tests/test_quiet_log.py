@@ -15,7 +15,7 @@ DEFAULTS = dict(prompt="a quiet harbour", negative_prompt="", prompt_expansion=F
 
 def test_a_run_logs_no_httpx_request_lines_and_other_httpx_users_keep_theirs(fal_env, caplog):
     caplog.set_level(logging.INFO)
-    picture = torch.from_numpy(np.zeros((2, 16, 16, 3), np.float32))
+    picture = torch.from_numpy(np.zeros((2, 64, 64, 3), np.float32))
     asyncio.run(FalSD3Img2Img().run(**DEFAULTS, image=picture))
     assert fal_env.count("submit") == 2 and fal_env.count("file") == 4
     assert [r for r in caplog.records if r.name.startswith("httpx")] == []

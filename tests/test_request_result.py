@@ -25,7 +25,7 @@ DEFAULTS = dict(prompt="a red boat", negative_prompt="", prompt_expansion=False,
 
 
 def picture(seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, (64, 80, 3), dtype=np.uint8)
 
 
 def tensor(array):
@@ -59,7 +59,7 @@ def test_a_journaled_result_by_id_or_as_the_newest_costs_no_call_to_fal(node_env
     calls = len(node_env.calls())
     for request_id in (newest, ""):
         images, answer = recover(request_id)
-        assert images.shape == (2, 24, 40, 3)
+        assert images.shape == (2, 64, 80, 3)
         for k in range(2):
             assert np.array_equal(pixels(images)[k], expected_output(picture(2), k, None))
         assert json.loads(answer)[0]["request_id"] == newest

@@ -32,13 +32,13 @@ def test_custom_size_limits_and_presets():
     assert schema.ImageSize.parse("landscape_16_9").dimensions == (1024, 576)
     assert schema.ImageSize.parse({"width": 512, "height": 768}).to_json() == {"width": 512, "height": 768}
     with pytest.raises(InputError) as info:
-        schema.validate({"image_url": "u", "prompt": "p", "image_size": {"width": 32, "height": 4000}})
+        schema.validate({"image_url": "https://x.example/u.png", "prompt": "p", "image_size": {"width": 32, "height": 4000}})
     assert [e.field for e in info.value.errors] == ["image_size.width", "image_size.height"]
 
 
 def test_seed_range_message_is_readable():
     with pytest.raises(InputError) as info:
-        schema.validate({"image_url": "u", "prompt": "p", "seed": -1})
+        schema.validate({"image_url": "https://x.example/u.png", "prompt": "p", "seed": -1})
     assert "between 0 and 4294967295" in str(info.value)
 
 

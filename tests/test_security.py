@@ -8,11 +8,15 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from comfyui_fal_sd3.fal_core import redaction
 from comfyui_fal_sd3.fal_core.config import Secret
-from comfyui_fal_sd3.fal_core.errors import AppError, AuthError, FalError, HTTPStatusError, ResponseError, TransportError
+from comfyui_fal_sd3.fal_core.errors import (
+    AppError, AuthError, FalError, HTTPStatusError, InputError, ResponseError, TransportError,
+)
+from comfyui_fal_sd3.fal_core.schema import ImageSize
 from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img
 from fal_emulator import FalEmulator, expected_output
 from test_cli import cli
@@ -281,3 +285,51 @@ def test_a_request_id_never_becomes_a_path(fal_emulator, tmp_path):
     assert not (tmp_path / "escaped-0.png").exists() and not list(tmp_path.parent.glob("escaped*"))
     from comfyui_fal_sd3.fal_core.cli import _file_stem
     assert _file_stem("fal-../../etc/passwd") == "fal-______etc_passwd"
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "/etc/passwd", "javascript:alert(1)", "ftp://127.0.0.1/x.png",
+                                 "data:text/html,<script>alert(1)</script>", "http:///etc/passwd", "https://exa mple/x.png"])
+def test_image_url_takes_only_http_urls_and_image_data_uris(fal_env, url):
+    with pytest.raises(InputError) as refused:
+        asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image_url": url}))
+    assert "image_url" in str(refused.value) and fal_env.calls() == []
+
+
+@pytest.mark.parametrize("h, w", [(64, 3100), (40, 48), (3100, 64)])
+def test_a_picture_sd3_cannot_keep_needs_an_image_size_before_anything_is_sent(fal_env, h, w):
+    image = torch.zeros((1, h, w, 3))
+    with pytest.raises(InputError) as refused:
+        asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": image}))
+    message = str(refused.value)
+    assert f"{w}x{h} pixels" in message and "image_size" in message and "SD3 Image Size" in message
+    assert fal_env.calls() == []
+
+
+def test_a_picture_of_any_size_goes_with_an_image_size(fal_env):
+    pic = picture(64, 3100)
+    images, *_ = asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(pic),
+                                                    "image_size": ImageSize.parse("square")}))
+    assert np.array_equal(as_uint8(images)[0], expected_output(pic, 0, (512, 512)))
+
+
+@pytest.mark.parametrize("size", [42, ["square"], {"w": 5}, object()])
+def test_an_image_size_of_the_wrong_type_is_a_clear_error(fal_env, size):
+    with pytest.raises(InputError, match="image_size") as refused:
+        asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(picture()), "image_size": size}))
+    assert "use one of square_hd" in str(refused.value) and fal_env.calls() == []
+
+
+@pytest.mark.parametrize("image, size, message", [
+    (torch.zeros((1, 40, 48, 3)), None, "48x40 pixels"),
+    (torch.zeros((1, 64, 3100, 3)), None, "3100x64 pixels"),
+    (torch.zeros((1, 64, 64, 3)), 42, "image_size=42"),
+    (torch.zeros((1, 64, 64, 3)), {"width": 9000, "height": 64}, "image_size.width=9000"),
+])
+def test_the_local_node_checks_the_same_before_diffusers(image, size, message):
+    pytest.importorskip("diffusers")
+    from comfyui_fal_sd3.nodes.local_img2img import DiffusersSD3Img2Img
+    with pytest.raises(InputError) as refused:
+        DiffusersSD3Img2Img().run(model="no such model", image=image, prompt="p", negative_prompt="",
+                                  num_inference_steps=2, seed=0, guidance_scale=5.0, num_images=1, strength=0.5,
+                                  image_size=size)
+    assert message in str(refused.value)

@@ -25,7 +25,7 @@ DEFAULTS = dict(prompt="a harbour", negative_prompt="", prompt_expansion=False, 
 
 def pictures(n):
     rng = np.random.default_rng(n)
-    return torch.from_numpy(rng.integers(0, 256, (n, 24, 32, 3), dtype=np.uint8)).float() / 255.0
+    return torch.from_numpy(rng.integers(0, 256, (n, 64, 72, 3), dtype=np.uint8)).float() / 255.0
 
 
 def run(**kwargs):
