@@ -27,7 +27,7 @@ DEFAULTS = dict(prompt="a cat", negative_prompt="", prompt_expansion=False, num_
 
 
 def picture(seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, (64, 72, 3), dtype=np.uint8)
 
 
 def run_node(**kwargs):
@@ -111,7 +111,7 @@ def test_a_connection_dropped_while_idle_is_replaced_and_nothing_is_sent_twice(f
     assert fal_env.drop_connections() == 2
     time.sleep(0.05)  # the client's side sees the close while the connections sit in the pool
     images, *_ = run_node(seed=2)
-    assert images.shape == (1, 40, 48, 3)
+    assert images.shape == (1, 64, 72, 3)
     assert fal_env.count("submit") == 2
     assert fal_env.connections() == {"api": 2, "cdn": 2}
 
