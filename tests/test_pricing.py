@@ -56,6 +56,7 @@ def test_fals_price_is_fetched_kept_a_day_and_read_by_another_process(fal_emulat
     ({"status": 200, "body": {"prices": []}}, "has no price for"),
     ({"status": 200, "body": "<html>maintenance</html>"}, "is not JSON"),
     ({"status": 200, "body": "x" * (2 << 20)}, "over the limit"),
+    ({"drop": "before", "times": 2}, "failed after 2 attempts"),
 ])
 def test_a_failed_refresh_keeps_the_fallback_says_why_and_waits_before_asking_again(fal_emulator, tmp_path,
                                                                                      fault, reason):
