@@ -333,3 +333,24 @@ def test_the_local_node_checks_the_same_before_diffusers(image, size, message):
                                   num_inference_steps=2, seed=0, guidance_scale=5.0, num_images=1, strength=0.5,
                                   image_size=size)
     assert message in str(refused.value)
+
+
+def test_a_boolean_sent_as_text_through_prompt_is_read_or_refused_never_flipped():
+    from comfyui_fal_sd3.nodes import NODE_CLASS_MAPPINGS
+    from comfyui_fal_sd3.nodes.prompt_inputs import read_booleans
+    body = {"prompt": {
+        "1": {"class_type": "FalSD3Img2Img", "inputs": {
+            "sync_mode": "false", "prompt_expansion": "TRUE", "enable_safety_checker": " 0 ",
+            "force_new_request": "maybe", "prompt": "false", "seed": "3", "image": ["2", 0]}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "false"}},
+        "3": "not a node",
+    }}
+    inputs = read_booleans(body, NODE_CLASS_MAPPINGS)["prompt"]["1"]["inputs"]
+    assert (inputs["sync_mode"], inputs["prompt_expansion"], inputs["enable_safety_checker"]) == (False, True, False)
+    assert inputs["prompt"] == "false" and inputs["seed"] == "3"  # a STRING and an INT are left to ComfyUI
+    assert body["prompt"]["2"]["inputs"]["image"] == "false"  # other packs' nodes are not ours to read
+    # What ComfyUI's validation does next: bool() of an unreadable value fails, so the prompt is
+    # refused (400, invalid_input_type on force_new_request) instead of running as True.
+    with pytest.raises(ValueError, match="'maybe' is not a boolean"):
+        bool(inputs["force_new_request"])
+    assert json.loads(json.dumps(inputs))["force_new_request"] == "maybe"  # ComfyUI's answer can show it
