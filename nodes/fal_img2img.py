@@ -114,7 +114,15 @@ class FalSD3Img2Img:
         from . import session
         from .session import client, engine, journal, result_files
 
-        sources = self._sources(image, image_url)
+        # The first event replaces what the node showed for its previous run, errors included.
+        status = RunStatus(unique_id, num_images=num_images)
+        try:
+            sources = self._sources(image, image_url)
+        except ValueError as exc:
+            status.finish("failed", str(exc))
+            comfy.send_event(EVENT, status.event())
+            raise
+        status.expect(len(sources))
         params = {
             "prompt": prompt, "negative_prompt": negative_prompt, "prompt_expansion": prompt_expansion,
             "num_inference_steps": num_inference_steps, "seed": seed, "guidance_scale": guidance_scale,
@@ -122,7 +130,6 @@ class FalSD3Img2Img:
             # Checked by the schema like any value: a wrong type is a clear error, not an AttributeError.
             "sync_mode": sync_mode, "image_size": image_size,
         }
-        status = RunStatus(unique_id, len(sources))
         bar = comfy.Progress(len(sources) * STEPS, unique_id)
         interrupted = False
 
@@ -135,18 +142,19 @@ class FalSD3Img2Img:
                 if not comfy.is_interrupt(exc):
                     raise
                 interrupted = True
-            bar.text(status.text())
             comfy.send_event(EVENT, status.event())
 
         def on_update(index: int, update: Update) -> None:
             status.apply(index, update)
             show()
 
+        show()
         book = journal()
         downloads = result_files(book)
         # The price as known now (never a network wait): the server refreshes it (see routes).
         price = session.price_cache().current()
         cost = {"amount": round(price.cost(num_images), 6), "currency": price.currency, "source": price.source}
+        status.cost = cost
         try:
             # Pruned here rather than at start-up: the pack's import must stay free of disk work.
             await asyncio.to_thread(lambda: (book.prune(), downloads.prune(),

@@ -40,7 +40,10 @@ class FalSD3ImageSize:
         side = {"min": MIN_SIDE, "max": MAX_SIDE, "step": 16}
         return {
             "required": {
-                "preset": (PRESET_CHOICES, {"default": MATCH_INPUT}),
+                "preset": (PRESET_CHOICES, {"default": MATCH_INPUT, "tooltip": (
+                    "The size of fal's output: one of fal's presets (its pixel size shown beside "
+                    "it), 'custom' for the width and height below, or 'match input' for the "
+                    "picture's own size.")}),
                 "width": ("INT", {"default": 1024, **side, "tooltip": "Used when preset is 'custom'."}),
                 "height": ("INT", {"default": 1024, **side, "tooltip": "Used when preset is 'custom'."}),
             }

@@ -1,5 +1,9 @@
-"""What a running fal node shows: one line per request, turned into the node's progress text,
-its progress bar value and the event the front-end extension draws."""
+"""What a running fal node shows: one item per request, turned into its progress bar value and the
+``fal_sd3.status`` event the front-end extension draws inside the node (web/lib/status_lines.js).
+
+The node never sends ComfyUI's progress text: front end 1.27 saves that text as an extra widget
+value, which shifts the node's widget values when the workflow is reopened.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,18 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..fal_core.redaction import redact, redact_value
+from ..fal_core.redaction import redact_value
 
 if TYPE_CHECKING:
     from ..fal_core.queue import Update
 
-# Where each phase puts an item on the progress bar, out of STEPS.
+# Where each phase puts an item on the progress bar, out of STEPS. Every phase an item can be in
+# is here or an end phase: web/lib/status_lines.js has a label for each (tests/test_web_tables.py).
 STEPS = 10
 _PROGRESS = {"waiting": 0, "uploading": 1, "submitting": 2, "in_queue": 3, "in_progress": 5,
              "completed": 8, "downloading": 9, "done": 10}
-_LABELS = {"waiting": "waiting", "uploading": "uploading", "submitting": "submitting", "in_queue": "in queue",
-           "in_progress": "running", "completed": "finished", "downloading": "downloading", "done": "done",
-           "failed": "failed", "cancelled": "cancelled"}
+END_PHASES = ("done", "failed", "cancelled")
+PHASES = (*_PROGRESS, *END_PHASES[1:])
 EVENT = "fal_sd3.status"
 
 
@@ -28,36 +32,47 @@ class ItemStatus:
     queue_position: int | None = None
     request_id: str | None = None
     last_log: str | None = None
+    new_request: bool = False
+    """Whether this run sent fal a new (paid) request; False when the journal served a result or the
+    run reattached to a request an earlier run had paid for."""
 
 
 @dataclass
 class RunStatus:
     node_id: str | None
-    count: int
+    num_images: int = 1
     started: float = field(default_factory=time.monotonic)
     items: list[ItemStatus] = field(default_factory=list)
     error: str | None = None
     warning: str | None = None
-    finished: bool = False
+    outcome: str = "running"
+    cost: dict | None = None
+    """What one new request costs, as journaled: {"amount", "currency", "source"}."""
 
-    def __post_init__(self) -> None:
-        self.items = [ItemStatus() for _ in range(self.count)]
+    def expect(self, count: int) -> None:
+        """The run has ``count`` requests (one per picture), all waiting."""
+        self.items = [ItemStatus() for _ in range(count)]
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome != "running"
 
     def apply(self, index: int, update: Update) -> None:
         item = self.items[index]
         item.phase = update.phase
         item.queue_position = update.queue_position
         item.request_id = update.request_id or item.request_id
+        item.new_request = item.new_request or update.phase == "submitting"
         if update.new_logs:
             item.last_log = update.new_logs[-1].message
 
-    def finish(self, phase: str, error: str | None = None) -> None:
-        """End the run: every item that did not finish gets ``phase``."""
+    def finish(self, outcome: str, error: str | None = None) -> None:
+        """End the run ("done", "failed" or "cancelled"): every unfinished item gets that phase."""
         for item in self.items:
             if item.phase != "done":
-                item.phase = phase
+                item.phase = outcome
         self.error = error
-        self.finished = True
+        self.outcome = outcome
 
     def progress(self) -> int:
         return sum(_PROGRESS.get(item.phase, STEPS) for item in self.items)
@@ -65,31 +80,16 @@ class RunStatus:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def text(self) -> str:
-        head = f"fal SD3 img2img · {self.count} request{'s' if self.count != 1 else ''} · {self.elapsed():.1f} s"
-        lines = [head]
-        for i, item in enumerate(self.items):
-            parts = [f"#{i + 1} {_LABELS.get(item.phase, item.phase)}"]
-            if item.queue_position is not None:
-                parts[0] += f" (position {item.queue_position})"
-            if item.request_id:
-                parts.append(item.request_id)
-            if item.last_log and item.phase in ("in_progress", "completed"):
-                parts.append(f"fal: {item.last_log[:80]}")
-            lines.append(" · ".join(parts))
-        if self.warning:
-            lines.append(f"warning: {self.warning}")
-        if self.error:
-            lines.append(f"error: {self.error}")
-        return redact("\n".join(lines))
-
     def event(self) -> dict:
         return redact_value({
             "node": self.node_id,
             "elapsed": round(self.elapsed(), 2),
+            "outcome": self.outcome,
             "finished": self.finished,
             "error": self.error,
             "warning": self.warning,
+            "num_images": self.num_images,
+            "cost": self.cost,
             "items": [{"phase": it.phase, "queue_position": it.queue_position, "request_id": it.request_id,
-                       "log": it.last_log} for it in self.items],
+                       "log": it.last_log, "new_request": it.new_request} for it in self.items],
         })

@@ -89,9 +89,45 @@ class Page:
         path.write_bytes(base64.b64decode(shot["data"]))
 
 
+class Browser:
+    """A headless Chromium: its tabs share one profile (localStorage, sessionStorage per tab)."""
+
+    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+        self._session = session
+        self._port = port
+        self._sockets: list[aiohttp.ClientWebSocketResponse] = []
+        self._pages: list[Page] = []
+
+    async def _attach(self, target: dict) -> Page:
+        ws = await self._session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
+        self._sockets.append(ws)
+        page = Page(ws)
+        self._pages.append(page)
+        for domain in ("Page", "Runtime", "Log"):
+            await page.send(f"{domain}.enable")
+        return page
+
+    async def first_page(self) -> Page:
+        async with self._session.get(f"http://127.0.0.1:{self._port}/json/list") as answer:
+            targets = await answer.json()
+        return await self._attach(next(t for t in targets if t["type"] == "page"))
+
+    async def new_tab(self, url: str = "about:blank") -> Page:
+        """Open a new tab, as a user opening the editor a second time would."""
+        async with self._session.put(f"http://127.0.0.1:{self._port}/json/new?{url}") as answer:
+            target = await answer.json()
+        return await self._attach(target)
+
+    async def close(self) -> None:
+        for page in self._pages:
+            page._reader.cancel()
+        for ws in self._sockets:
+            await ws.close()
+
+
 @asynccontextmanager
-async def chromium_page(profile: Path, width: int = 1600, height: int = 1000) -> AsyncIterator[Page]:
-    """One page of a fresh headless Chromium with its own profile folder."""
+async def chromium(profile: Path, width: int = 1600, height: int = 1000) -> AsyncIterator[Browser]:
+    """A fresh headless Chromium with its own profile folder."""
     process = subprocess.Popen(
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--remote-debugging-port=0", f"--user-data-dir={profile}", f"--window-size={width},{height}",
@@ -100,18 +136,21 @@ async def chromium_page(profile: Path, width: int = 1600, height: int = 1000) ->
     try:
         port = await _debugging_port(profile / "DevToolsActivePort", process)
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/json/list") as answer:
-                targets = await answer.json()
-            target = next(t for t in targets if t["type"] == "page")
-            async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                page = Page(ws)
-                for domain in ("Page", "Runtime", "Log"):
-                    await page.send(f"{domain}.enable")
-                yield page
-                page._reader.cancel()
+            browser = Browser(session, port)
+            try:
+                yield browser
+            finally:
+                await browser.close()
     finally:
         process.terminate()
         process.wait(10)
+
+
+@asynccontextmanager
+async def chromium_page(profile: Path, width: int = 1600, height: int = 1000) -> AsyncIterator[Page]:
+    """One page of a fresh headless Chromium with its own profile folder."""
+    async with chromium(profile, width, height) as browser:
+        yield await browser.first_page()
 
 
 async def _debugging_port(port_file: Path, process: subprocess.Popen) -> int:

@@ -11,7 +11,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import httpx
 import numpy as np
@@ -38,9 +38,11 @@ def example_picture() -> np.ndarray:
 
 
 @contextmanager
-def running_comfyui(base: Path, env: dict[str, str], device_args: tuple[str, ...] = ("--cpu",)) -> Iterator[str]:
+def running_comfyui(base: Path, env: dict[str, str], device_args: tuple[str, ...] = ("--cpu",),
+                    args: Sequence[str] = ()) -> Iterator[str]:
     """Start ComfyUI with ``base`` as its base folder and ``env`` as its environment; its URL.
-    ``device_args``: ComfyUI's device options (on the CPU by default; () lets it use a GPU)."""
+    ``device_args``: ComfyUI's device options (on the CPU by default; () lets it use a GPU);
+    ``args``: more of its command line (``--front-end-root``)."""
     for folder in ("custom_nodes", "input", "output", "user", "models"):
         (base / folder).mkdir(exist_ok=True)
     (base / "custom_nodes" / PACK_FOLDER).symlink_to(ROOT, target_is_directory=True)
@@ -50,7 +52,7 @@ def running_comfyui(base: Path, env: dict[str, str], device_args: tuple[str, ...
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", *device_args, "--listen", "127.0.0.1",
-             "--port", str(port), "--base-directory", str(base), "--disable-auto-launch"],
+             "--port", str(port), "--base-directory", str(base), "--disable-auto-launch", *args],
             cwd=COMFYUI_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"

@@ -170,19 +170,52 @@ def test_nsfw_flags_are_passed_on_with_a_warning(fal_env, monkeypatch):
     shown = _fake_comfyui(monkeypatch)
     images, _, flags, _ = run(image=batch(picture()), prompt="nsfw scene", num_images=2, unique_id="7")
     assert flags == [True, True] and images.shape[0] == 2
-    assert "warning: fal flagged image 0, 1 as NSFW" in shown["text"][-1]
+    assert "fal flagged image 0, 1 as NSFW" in shown["events"][-1]["warning"]
 
 
-def test_progress_text_bar_and_events(fal_env, monkeypatch):
+def test_progress_bar_and_status_events_without_progress_text(fal_env, monkeypatch):
     fal_env.queue_seconds, fal_env.queue_positions = 0.3, 2
     shown = _fake_comfyui(monkeypatch)
-    run(image=batch(picture()), unique_id="12")
-    texts = "\n".join(shown["text"])
-    assert "in queue (position 1)" in texts and "running" in texts and "fal: Step" in texts
+    run(image=batch(picture()), unique_id="12", num_images=2)
+    items = [e["items"][0] for e in shown["events"]]
     rid = next(iter(fal_env.jobs))
-    assert rid in texts
-    assert shown["bar"][-1] == (10, 10) and shown["events"][-1]["finished"] is True
+    assert items[0]["phase"] == "waiting" and shown["events"][0]["outcome"] == "running"
+    assert any(i["phase"] == "in_queue" and i["queue_position"] == 1 and i["request_id"] == rid for i in items)
+    assert any(i["phase"] == "in_progress" and (i["log"] or "").startswith("Step") for i in items)
+    last = shown["events"][-1]
+    assert last["outcome"] == "done" and last["finished"] is True and last["num_images"] == 2
+    assert last["items"] == [{"phase": "done", "queue_position": None, "request_id": rid,
+                              "log": items[-1]["log"], "new_request": True}]
+    assert shown["bar"][-1] == (10, 10)
     assert all(e["node"] == "12" for e in shown["events"])
+    # ComfyUI's progress text would become a saved widget value in front end 1.27: never sent.
+    assert shown["text"] == []
+
+
+def test_a_result_served_by_the_journal_is_marked_as_no_new_request(fal_env, monkeypatch):
+    shown = _fake_comfyui(monkeypatch)
+    run(image=batch(picture(seed=1), picture(seed=2)), unique_id="4")
+    first = shown["events"][-1]
+    run(image=batch(picture(seed=1), picture(seed=2)), unique_id="4")
+    again = shown["events"][-1]
+    assert fal_env.count("submit") == 2
+    assert [i["new_request"] for i in first["items"]] == [True, True]
+    assert again["outcome"] == "done" and [i["new_request"] for i in again["items"]] == [False, False]
+    assert [i["request_id"] for i in again["items"]] == [i["request_id"] for i in first["items"]]
+
+
+@pytest.mark.parametrize("image, url, message", [
+    (None, "", "no picture to transform"),
+    ("tensor", "https://x/y.png", "both image and image_url"),
+])
+def test_an_input_error_replaces_the_previous_status(fal_env, monkeypatch, image, url, message):
+    shown = _fake_comfyui(monkeypatch)
+    with pytest.raises(ValueError):
+        run(image=batch(picture()) if image else None, image_url=url, unique_id="9")
+    assert len(shown["events"]) == 1
+    event = shown["events"][0]
+    assert event["node"] == "9" and event["outcome"] == "failed" and message in event["error"]
+    assert event["items"] == []
 
 
 def test_size_preset_node():

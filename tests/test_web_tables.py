@@ -3,7 +3,8 @@
 import re
 from pathlib import Path
 
-from comfyui_fal_sd3.fal_core.schema import IMAGE_SIZE_PRESETS
+from comfyui_fal_sd3.fal_core import pricing
+from comfyui_fal_sd3.fal_core.schema import ENDPOINT, IMAGE_SIZE_PRESETS
 from comfyui_fal_sd3.nodes import size_preset, status_view
 
 WEB_LIB = Path(__file__).resolve().parents[1] / "web" / "lib"
@@ -34,6 +35,20 @@ def test_preset_choices_outside_the_table_match_the_node():
     assert js_string("size_preset.js", "CUSTOM") == size_preset.CUSTOM
 
 
-def test_phase_labels_match_the_progress_text():
+def test_every_phase_has_a_label():
     body = js_object("status_lines.js", "LABELS")
-    assert dict(re.findall(r'(\w+): "([^"]*)"', body)) == status_view._LABELS
+    assert set(dict(re.findall(r'(\w+): "([^"]*)"', body))) == set(status_view.PHASES)
+
+
+def test_published_price_is_the_servers():
+    body = js_object("price.js", "PUBLISHED_PRICE")
+    assert re.search(r'endpoint_id: "([^"]+)"', body).group(1) == ENDPOINT
+    published = (float(re.search(r"unit_price: ([\d.]+)", body).group(1)),
+                 re.search(r'unit: "([^"]+)"', body).group(1), re.search(r'currency: "([^"]+)"', body).group(1))
+    assert published == pricing.PUBLISHED[ENDPOINT]
+
+
+def test_per_image_units_match_the_server():
+    text = (WEB_LIB / "price.js").read_text(encoding="utf-8")
+    units = re.search(r"PER_IMAGE = \[([^\]]*)\]", text).group(1)
+    assert tuple(re.findall(r'"([^"]+)"', units)) == pricing.PER_IMAGE_UNITS

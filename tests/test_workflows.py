@@ -12,6 +12,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 UI_FILES = sorted(EXAMPLES.glob("*.json"))
 API_FILES = sorted((EXAMPLES / "api").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+# Nodes of the editor alone: never sent to the server, so absent from the API copies.
+EDITOR_ONLY = {"Note", "MarkdownNote"}
 
 
 class _Core:
@@ -101,6 +103,10 @@ def test_ui_workflow(path):
     nodes = {n["id"]: n for n in data["nodes"]}
     assert data["last_node_id"] >= max(nodes) and data["last_link_id"] >= max(link[0] for link in data["links"])
     for node in nodes.values():
+        if node["type"] in EDITOR_ONLY:
+            assert not node.get("inputs") and not node.get("outputs")
+            assert len(node["widgets_values"]) == 1 and isinstance(node["widgets_values"][0], str)
+            continue
         cls = node_class(node["type"])
         inputs = all_inputs(cls)
         slots = widget_slots(cls)
@@ -150,11 +156,31 @@ def test_api_workflow(path):
 def test_ui_and_api_copies_agree(path):
     ui = json.loads(path.read_text())
     api = json.loads((EXAMPLES / "api" / path.name).read_text())
-    assert sorted(n["type"] for n in ui["nodes"]) == sorted(n["class_type"] for n in api.values())
-    for node in ui["nodes"]:
+    server_nodes = [n for n in ui["nodes"] if n["type"] not in EDITOR_ONLY]
+    assert sorted(n["type"] for n in server_nodes) == sorted(n["class_type"] for n in api.values())
+    for node in server_nodes:
         twin = next(n for n in api.values() if n["class_type"] == node["type"])
         names = widget_slots(node_class(node["type"]))
         widgets = {name: value for name, value in zip(names, node["widgets_values"]) if name is not None}
         for name, value in widgets.items():
             if name in twin["inputs"] and not isinstance(twin["inputs"][name], list):
                 assert twin["inputs"][name] == value, f"{path.name} {node['type']}.{name}"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_template_is_ready_to_use(path):
+    """What the template browser shows (a thumbnail, the title) and a note on what to do first."""
+    from PIL import Image
+
+    with Image.open(path.with_suffix(".jpg")) as thumbnail:
+        assert thumbnail.format == "JPEG" and min(thumbnail.size) >= 256
+    data = json.loads(path.read_text())
+    notes = [n["widgets_values"][0] for n in data["nodes"] if n["type"] == "Note"]
+    assert len(notes) == 1
+    local = any(n["type"] == "DiffusersSD3Img2Img" for n in data["nodes"])
+    if local:
+        assert "models/diffusers/" in notes[0] and "models/checkpoints/" in notes[0]
+        assert "fal" not in data["extra"]["title"]
+    else:
+        assert "Settings" in notes[0] and "fal API key" in notes[0] and "FAL_KEY" in notes[0]
+        assert "fal" in data["extra"]["title"]

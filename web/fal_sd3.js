@@ -1,17 +1,24 @@
-// The pack's front end: the fal key entry in Settings > fal, the live status of SD3 Img2Img (fal)
-// nodes, and SD3 Image Size's widgets and title. The logic lives in ./lib (tested with node --test);
-// this file only ties it to ComfyUI's app, api and canvas.
+// The pack's front end: the fal key entry in Settings > fal, the status and price badge of
+// SD3 Img2Img (fal) nodes, and SD3 Image Size's widgets and title. The logic lives in ./lib
+// (tested with node --test); this file only ties it to ComfyUI's app, api and canvas.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { KeyClient } from "./lib/key_setting.js";
-import { StatusBoard } from "./lib/status_lines.js";
-import { sizeLabel, titleWithSize, usesCustomSize } from "./lib/size_preset.js";
+import { PriceClient, badgeText, countPictures } from "./lib/price.js";
+import { StatusBoard, sourceProblem, wrapLines } from "./lib/status_lines.js";
+import { presetLabel, sizeLabel, titleWithSize, usesCustomSize } from "./lib/size_preset.js";
 
 const STATUS_EVENT = "fal_sd3.status";
+const STATUS_WIDGET = "fal_status";
 const TONES = { info: "#ddd", log: "#9ab", warning: "#fc6", error: "#f77" };
+const FONT = "12px sans-serif";
+const LINE_HEIGHT = 15;
+const PADDING = 5;
+const MARGIN = 15;  // ComfyUI's widgets keep this much from the node's sides
 
-// Exported for the browser test, which reads what a node shows while it runs.
+// Exported for the browser test, which reads what a node shows.
 export const board = new StatusBoard();
+export const prices = new PriceClient((route, options) => api.fetchApi(route, options));
 
 function element(tag, properties = {}, style = {}) {
   const node = Object.assign(document.createElement(tag), properties);
@@ -27,50 +34,215 @@ function keyEntry() {
     type: "password", placeholder: "key_id:key_secret", autocomplete: "off", spellcheck: false,
   }, { width: "16em" });
   input.setAttribute("aria-label", "fal API key");
-  const save = element("button", { type: "button", textContent: "Save" });
-  const clear = element("button", { type: "button", textContent: "Clear" });
-  const line = element("div", { className: "fal-key-status" }, { fontSize: "0.85em", marginTop: "0.3em" });
-  for (const button of [save, clear]) {
+  const buttons = ["Save", "Test", "Clear"].map((label) => {
+    const button = element("button", { type: "button", textContent: label }, { marginLeft: "0.4em" });
     button.className = "p-button p-component p-button-sm";
-    button.style.marginLeft = "0.4em";
-  }
+    return button;
+  });
+  const [save, test, clear] = buttons;
+  test.title = "Ask fal whether the key in the field (or, with an empty field, the key in use) is accepted; runs no job.";
+  const line = element("div", { className: "fal-key-status" },
+    { fontSize: "0.85em", marginTop: "0.3em", whiteSpace: "normal", overflowWrap: "anywhere" });
   const show = ({ message, isError }) => {
     line.textContent = message;
     line.style.color = isError ? TONES.error : "";
   };
   const submit = async () => {
-    const key = input.value;
-    input.value = "";  // the field does not keep the key once it was sent
-    show(await client.save(key));
+    const answer = await client.save(input.value);
+    // A saved key leaves the field; a refused one stays there to be corrected.
+    if (!answer.isError) input.value = "";
+    show(answer);
   };
   save.addEventListener("click", submit);
   input.addEventListener("keydown", (event) => { if (event.key === "Enter") submit(); });
+  test.addEventListener("click", async () => {
+    show({ message: "Asking fal…", isError: false });
+    show(await client.test(input.value));
+  });
   clear.addEventListener("click", async () => show(await client.clear()));
   client.status().then(show);
   const row = element("div", {}, { display: "flex", alignItems: "center" });
-  row.append(input, save, clear);
+  row.append(input, ...buttons);
   const root = element("div", { className: "fal-key-entry" });
   root.append(row, line);
   return root;
 }
 
-function drawStatus(node, ctx) {
-  const lines = board.linesFor(node.id);
-  if (!lines.length || node.flags?.collapsed) return;
-  const lineHeight = 15;
-  const top = node.size[1] + 6;
-  ctx.save();
-  ctx.font = "12px monospace";
-  const width = Math.max(node.size[0], ...lines.map((l) => ctx.measureText(l.text).width + 12));
-  ctx.fillStyle = "rgba(20, 20, 20, 0.85)";
-  ctx.fillRect(0, top, width, lines.length * lineHeight + 8);
-  ctx.textAlign = "left";
-  ctx.textBaseline = "top";
-  lines.forEach((l, i) => {
-    ctx.fillStyle = TONES[l.tone];
-    ctx.fillText(l.text, 6, top + 4 + i * lineHeight);
+// --- SD3 Img2Img (fal): status inside the node, price badge -------------------------------------
+
+let measureContext = null;
+function measure(text) {
+  measureContext ??= document.createElement("canvas").getContext("2d");
+  measureContext.font = FONT;
+  return measureContext.measureText(text).width;
+}
+
+function linked(node, name) {
+  return node.inputs?.find((input) => input.name === name)?.link != null;
+}
+
+function upstreamOf(node, inputName) {
+  const input = node.inputs?.find((i) => i.name === inputName);
+  if (input?.link == null) return null;
+  const { graph } = node;
+  const link = graph?.getLink?.(input.link) ?? graph?.links?.get?.(input.link) ?? graph?.links?.[input.link];
+  const origin = link && graph.getNodeById(link.origin_id);
+  if (!origin) return null;
+  return {
+    type: origin.type,
+    widget: (name) => origin.widgets?.find((w) => w.name === name)?.value,
+    inputs: (name) => upstreamOf(origin, name),
+    id: origin.id,
+  };
+}
+
+/** The status lines of `node`, wrapped to a widget `width` wide (exported for the browser test). */
+export function shownLines(node, width) {
+  const problem = sourceProblem({ image: linked(node, "image"), image_url: linked(node, "image_url") });
+  const lines = board.linesFor(node.id, { problem, price: prices.price });
+  return wrapLines(lines, Math.max(width - 2 * (MARGIN + PADDING), 40), measure);
+}
+
+// Drawn by the canvas inside the node, below its widgets; never saved with the workflow
+// (serialize: false), so it can never shift the saved widget values.
+function statusWidget(node) {
+  const height = (lines) => (lines.length ? lines.length * LINE_HEIGHT + 2 * PADDING : 0);
+  return node.addCustomWidget({
+    name: STATUS_WIDGET,
+    type: STATUS_WIDGET,
+    value: "",
+    serialize: false,
+    options: { serialize: false },
+    // -4 cancels the gap ComfyUI adds after every widget: an empty status takes no room.
+    computeSize(width) {
+      const lines = shownLines(node, width ?? node.size[0]);
+      return [width ?? node.size[0], lines.length ? height(lines) : -4];
+    },
+    draw(ctx, _node, width, y) {
+      const lines = shownLines(node, width);
+      if (!lines.length) return;
+      ctx.save();
+      ctx.fillStyle = "rgba(0, 0, 0, 0.35)";
+      ctx.beginPath();
+      ctx.roundRect?.(MARGIN, y, width - 2 * MARGIN, height(lines), 4) ?? ctx.rect(MARGIN, y, width - 2 * MARGIN, height(lines));
+      ctx.fill();
+      ctx.font = FONT;
+      ctx.textAlign = "left";
+      ctx.textBaseline = "top";
+      lines.forEach((l, i) => {
+        ctx.fillStyle = TONES[l.tone];
+        ctx.fillText(l.text, MARGIN + PADDING, y + PADDING + 1 + i * LINE_HEIGHT);
+      });
+      ctx.restore();
+    },
   });
-  ctx.restore();
+}
+
+/** Grow or shrink the node to fit its status; a height the user gave the node is its minimum. */
+function fitNode(node) {
+  if (node.falAutoHeight === undefined || Math.abs(node.size[1] - node.falAutoHeight) >= 1) {
+    node.falBaseHeight = node.size[1];
+  }
+  // Where the canvas last put the status (the widgets above it keep their place during a run):
+  // computeSize alone can come out a few pixels short of the canvas's own layout.
+  const widget = node.widgets?.find((w) => w.name === STATUS_WIDGET);
+  const status = widget?.computeSize(node.size[0])[1] ?? 0;
+  const laidOut = widget?.y ? widget.y + Math.max(status, 0) + 6 : 0;
+  const height = Math.max(node.falBaseHeight, node.computeSize()[1], laidOut);
+  if (Math.abs(height - node.size[1]) >= 1) node.setSize([node.size[0], height]);
+  node.falAutoHeight = node.size[1];
+  node.setDirtyCanvas?.(true, true);
+}
+
+// The price badge, drawn like ComfyUI's API-node price badges (LGraphBadge with a dollar icon);
+// its own small class because the front end does not export LGraphBadge to extensions.
+class PriceBadge {
+  height = 20;
+  fontSize = 12;
+  padding = 6;
+  icon = { unicode: "\ue96b", fontSize: 8, color: "#FABC25", bgColor: "#654020" };
+  bgColor = "#8D6932";
+  fgColor = "#fff";
+
+  constructor(text) {
+    this.text = text;
+  }
+
+  get visible() {
+    return true;
+  }
+
+  getWidth(ctx) {
+    const { font } = ctx;
+    ctx.font = `${this.icon.fontSize}px 'PrimeIcons'`;
+    const iconWidth = ctx.measureText(this.icon.unicode).width + this.padding;
+    ctx.font = `${this.fontSize}px sans-serif`;
+    const width = iconWidth + ctx.measureText(this.text).width + this.padding * 2;
+    ctx.font = font;
+    return width;
+  }
+
+  draw(ctx, x, y) {
+    const { font, fillStyle, textBaseline, textAlign } = ctx;
+    const width = this.getWidth(ctx);
+    ctx.fillStyle = this.bgColor;
+    ctx.beginPath();
+    ctx.roundRect?.(x, y, width, this.height, 5) ?? ctx.rect(x, y, width, this.height);
+    ctx.fill();
+    const centerY = y + this.height / 2;
+    const radius = this.icon.fontSize / 2 + 2;
+    const iconX = x + this.padding;
+    ctx.beginPath();
+    ctx.arc(iconX + radius, centerY, radius, 0, 2 * Math.PI);
+    ctx.fillStyle = this.icon.bgColor;
+    ctx.fill();
+    ctx.font = `${this.icon.fontSize}px 'PrimeIcons'`;
+    ctx.textAlign = "center";
+    ctx.textBaseline = "middle";
+    ctx.fillStyle = this.icon.color;
+    ctx.fillText(this.icon.unicode, iconX + radius, centerY);
+    ctx.font = `${this.fontSize}px sans-serif`;
+    ctx.textAlign = "left";
+    ctx.fillStyle = this.fgColor;
+    ctx.fillText(this.text, iconX + this.icon.fontSize + this.padding / 2 + 4, centerY + 1);
+    Object.assign(ctx, { font, fillStyle, textBaseline, textAlign });
+  }
+}
+
+/** The badge's text for `node` as its widgets and links are now. */
+export function priceText(node) {
+  const numImages = Number(node.widgets?.find((w) => w.name === "num_images")?.value ?? 1);
+  const self = { inputs: (name) => upstreamOf(node, name) };
+  const pictures = countPictures(self, (n, name) => n.inputs(name));
+  return badgeText(prices.price, pictures, numImages);
+}
+
+function setUpFalNode(node) {
+  statusWidget(node);
+  // Read at every draw: the badge follows num_images, the links and the price as they change.
+  node.badges?.push(() => new PriceBadge(priceText(node)));
+  node.falFit = () => fitNode(node);
+}
+
+// --- SD3 Image Size ---------------------------------------------------------------------------
+
+// ComfyUI lays out hidden widgets too (front end 1.27 leaves their room empty): a hidden widget
+// measures -4, cancelling the gap after it.
+function setHidden(widget, hidden) {
+  widget.hidden = hidden;
+  if (hidden) widget.computeSize = () => [0, -4];
+  else delete widget.computeSize;
+}
+
+function labelPresets(preset) {
+  // Newer front ends map values to labels in the widget and its menu; 1.27 reads _displayValue.
+  preset.options.getOptionLabel = (value) => presetLabel(value);
+  Object.defineProperty(preset, "_displayValue", {
+    configurable: true,
+    get() {
+      return this.computedDisabled ? "" : presetLabel(this.value);
+    },
+  });
 }
 
 function followPreset(node) {
@@ -79,16 +251,17 @@ function followPreset(node) {
   const width = widget("width");
   const height = widget("height");
   if (!preset || !width || !height) return;
+  labelPresets(preset);
   const update = () => {
     const hidden = !usesCustomSize(preset.value);
     node.title = titleWithSize(node.title, sizeLabel(preset.value, width.value, height.value));
-    if (width.hidden !== hidden) {
-      width.hidden = height.hidden = hidden;
-      // Only when the widgets come or go, and growing only as far as they need, so that a
-      // height the user gave the node is kept.
-      const needed = node.computeSize()[1];
-      node.setSize([node.size[0], hidden ? needed : Math.max(node.size[1], needed)]);
-    }
+    setHidden(width, hidden);
+    setHidden(height, hidden);
+    // With width and height hidden every other row is fixed: any height beyond what they need is
+    // empty room, also in a workflow saved that way. Shown, they keep a height the user gave.
+    const needed = node.computeSize()[1];
+    const fitted = hidden ? needed : Math.max(node.size[1], needed);
+    if (Math.abs(fitted - node.size[1]) >= 1) node.setSize([node.size[0], fitted]);
     node.setDirtyCanvas(true, true);
   };
   for (const w of [preset, width, height]) {
@@ -101,6 +274,15 @@ function followPreset(node) {
   }
   update();
   return update;
+}
+
+function chain(prototype, method, after) {
+  const before = prototype[method];
+  prototype[method] = function (...args) {
+    const result = before?.apply(this, args);
+    after.call(this, ...args);
+    return result;
+  };
 }
 
 app.registerExtension({
@@ -118,36 +300,34 @@ app.registerExtension({
   setup() {
     api.addEventListener(STATUS_EVENT, ({ detail }) => {
       board.update(detail);
+      app.graph?.getNodeById(detail.node)?.falFit?.();
       app.graph?.setDirtyCanvas(true, false);
     });
-    api.addEventListener("execution_start", () => {
-      board.clear();
-      app.graph?.setDirtyCanvas(true, false);
-    });
+    // The price is asked again at every run; the badges show the published one until it answers.
+    const refresh = () => prices.refresh().then(() => app.graph?.setDirtyCanvas(true, false));
+    api.addEventListener("execution_start", refresh);
+    refresh();
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name === "FalSD3Img2Img") {
-      const draw = nodeType.prototype.onDrawForeground;
-      nodeType.prototype.onDrawForeground = function (ctx, ...rest) {
-        const result = draw?.call(this, ctx, ...rest);
-        drawStatus(this, ctx);
-        return result;
-      };
+      chain(nodeType.prototype, "onNodeCreated", function () {
+        setUpFalNode(this);
+      });
+      chain(nodeType.prototype, "onConnectionsChange", function () {
+        this.falFit?.();
+      });
+      chain(nodeType.prototype, "onConfigure", function () {
+        this.falFit?.();
+      });
     } else if (nodeData.name === "FalSD3ImageSize") {
-      const created = nodeType.prototype.onNodeCreated;
-      nodeType.prototype.onNodeCreated = function (...args) {
-        const result = created?.apply(this, args);
+      chain(nodeType.prototype, "onNodeCreated", function () {
         this.falFollowPreset = followPreset(this);
-        return result;
-      };
+      });
       // A loaded workflow sets the widgets' values after the node was created.
-      const configure = nodeType.prototype.onConfigure;
-      nodeType.prototype.onConfigure = function (...args) {
-        const result = configure?.apply(this, args);
+      chain(nodeType.prototype, "onConfigure", function () {
         this.falFollowPreset?.();
-        return result;
-      };
+      });
     }
   },
 });

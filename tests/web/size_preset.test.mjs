@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { PRESET_SIZES, sizeLabel, titleWithSize, usesCustomSize } from "../../web/lib/size_preset.js";
+import { PRESET_SIZES, presetLabel, sizeLabel, titleWithSize, usesCustomSize } from "../../web/lib/size_preset.js";
 
 test("width and height are shown only for the custom preset", () => {
   assert.equal(usesCustomSize("custom"), true);
@@ -25,4 +25,11 @@ test("the title's size follows the preset and keeps a title the user typed", () 
   assert.equal(title, "SD3 Image Size · 640×480");
   assert.equal(titleWithSize("Poster · wide", "512×512"), "Poster · wide · 512×512");
   assert.equal(titleWithSize("SD3 Image Size · 512×512", null), "SD3 Image Size");
+});
+
+test("the preset menu labels name the pixel size; match input and custom stay as they are", () => {
+  assert.equal(presetLabel("portrait_4_3"), "portrait_4_3 · 768×1024");
+  assert.equal(presetLabel("square_hd"), "square_hd · 1024×1024");
+  assert.equal(presetLabel("match input"), "match input");
+  assert.equal(presetLabel("custom"), "custom");
 });

@@ -4,6 +4,20 @@
 // No ComfyUI imports, so that `node --test` can run it with a stand-in for api.fetchApi.
 
 export const KEY_ROUTE = "/fal/key";
+export const KEY_TEST_ROUTE = "/fal/key/test";
+
+const SOURCES = {
+  env: "the key from FAL_KEY in ComfyUI's environment",
+  file: "the saved key",
+  argument: "the key in the field (not saved yet)",
+};
+
+/** What to say about POST /fal/key/test's answer. */
+export function describeTest(answer) {
+  if (answer.ok) return { message: `fal accepted ${SOURCES[answer.source] ?? "the key"}.`, isError: false };
+  const status = answer.status == null ? "" : ` (HTTP ${answer.status})`;
+  return { message: `Key test failed${status}: ${answer.message}`, isError: true };
+}
 
 /** What to say about `{configured, source}` as GET /fal/key answers it. */
 export function describeKey({ configured, source }) {
@@ -40,14 +54,26 @@ export class KeyClient {
     return this.#call({ method: "DELETE" }, "Cleared. ");
   }
 
-  async #call(options, done = "") {
+  /** Check `key` (the field's text), or the key in use when it is empty, against fal; runs no job. */
+  test(key = "") {
+    const body = key.trim() ? { key: key.trim() } : {};
+    return this.#call({
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    }, "", KEY_TEST_ROUTE);
+  }
+
+  async #call(options, done = "", route = KEY_ROUTE) {
     let response;
     try {
-      response = await this.fetchApi(KEY_ROUTE, options);
+      response = await this.fetchApi(route, options);
     } catch (error) {
       return { message: `Cannot reach ComfyUI (${error.message}); is it still running?`, isError: true };
     }
     const body = await response.json().catch(() => null);
+    // The test route's answer says whether fal took the key, whatever the HTTP status.
+    if (route === KEY_TEST_ROUTE && typeof body?.ok === "boolean") return describeTest(body);
     if (!response.ok || !body || body.error) {
       const problem = body?.error ?? `ComfyUI answered HTTP ${response.status} without a reason`;
       return { message: problem, isError: true };

@@ -35,3 +35,9 @@ export function titleWithSize(title, label) {
   const base = title.replace(SIZE_SUFFIX, "");
   return label ? `${base}${SEPARATOR}${label}` : base;
 }
+
+/** What the preset menu shows for a saved value: "portrait_4_3 · 768×1024"; the value stays as saved. */
+export function presetLabel(preset) {
+  const size = PRESET_SIZES[preset];
+  return size ? `${preset}${SEPARATOR}${size[0]}×${size[1]}` : String(preset);
+}

@@ -1,89 +1,156 @@
-// The lines a running SD3 Img2Img (fal) node shows, from the server's "fal_sd3.status" events
-// (nodes/status_view.py). No DOM and no ComfyUI imports, so that `node --test` can run it.
+// What an SD3 Img2Img (fal) node shows inside its own area, from the server's "fal_sd3.status"
+// events (nodes/status_view.py) and its input links. No DOM and no ComfyUI imports, so that
+// `node --test` can run it.
 
-// The same words as _LABELS in nodes/status_view.py (tests/test_web_tables.py compares them).
+import { formatMoney, runCost } from "./price.js";
+
+// A label for every phase in PHASES of nodes/status_view.py (tests/test_web_tables.py compares them).
+// A phase this table does not know yet is shown as its name, so a new one is never hidden.
 const LABELS = {
   waiting: "waiting", uploading: "uploading", submitting: "submitting", in_queue: "in queue",
   in_progress: "running", completed: "finished", downloading: "downloading", done: "done",
   failed: "failed", cancelled: "cancelled",
 };
-// Canvas text does not wrap: longer fal log lines and errors are cut or folded at this width.
-export const LINE_CHARS = 64;
-const MAX_ERROR_LINES = 6;
+// fal's log lines change every second while a request runs: one line each, cut to this many
+// characters. Everything else (phases, errors, warnings) is wrapped to the node's width in full.
+export const LOG_CHARS = 80;
 
-function cut(text, width = LINE_CHARS) {
+function cut(text, width = LOG_CHARS) {
   return text.length > width ? `${text.slice(0, width - 1)}…` : text;
 }
 
-/** `text` folded into lines of at most `width` characters, at spaces where it can. */
-export function fold(text, width = LINE_CHARS, maxLines = MAX_ERROR_LINES) {
-  const lines = [];
-  for (const paragraph of String(text).split("\n")) {
-    let rest = paragraph.trim();
-    while (rest.length > width) {
-      const space = rest.lastIndexOf(" ", width);
-      const end = space > width / 2 ? space : width;
-      lines.push(rest.slice(0, end));
-      rest = rest.slice(end).trim();
-    }
-    if (rest) lines.push(rest);
-  }
-  if (lines.length <= maxLines) return lines;
-  return [...lines.slice(0, maxLines - 1), cut(lines.slice(maxLines - 1).join(" "), width)];
+function phaseLabel(item) {
+  if (item.phase === "in_queue" && item.queue_position === 0) return "next in queue";
+  const label = LABELS[item.phase] ?? String(item.phase).replaceAll("_", " ");
+  return item.queue_position != null ? `${label} (position ${item.queue_position})` : label;
 }
 
 function itemLine(item, index, count) {
-  let phase = LABELS[item.phase] ?? item.phase;
-  if (item.queue_position != null) phase += ` (position ${item.queue_position})`;
-  const parts = [count > 1 ? `#${index + 1} ${phase}` : phase];
+  const parts = [count > 1 ? `#${index + 1} ${phaseLabel(item)}` : phaseLabel(item)];
   if (item.request_id) parts.push(item.request_id);
   return parts.join(" · ");
 }
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+// fal's request ids are UUIDs: their first group is enough to find one in the journal or the
+// dashboard, and keeps the summary on one line.
+const shortId = (id) => (id && id.length > 12 ? `${id.slice(0, 8)}…` : String(id));
+
+/** The one line a successful run leaves on the node: requests, seconds and what fal charged. */
+export function summaryLine(detail, price) {
+  const items = detail.items ?? [];
+  const seconds = `${Number(detail.elapsed ?? 0).toFixed(1)} s`;
+  const reused = items.filter((item) => !item.new_request);
+  if (items.length && reused.length === items.length) {
+    const what = items.length === 1 ? `reused request ${shortId(items[0].request_id)}` : `reused ${plural(items.length, "request")}`;
+    return `done · ${what}, no charge · ${seconds}`;
+  }
+  const requests = reused.length ? `${plural(items.length, "request")} (${reused.length} reused)`
+    : plural(items.length, "request");
+  const parts = ["done", requests, seconds];
+  const paid = items.length - reused.length;
+  if (detail.cost) {
+    // The server's price of one request, as it journaled the run's spend.
+    parts.push(formatMoney(paid * detail.cost.amount, detail.cost.currency));
+  } else if (price) {
+    parts.push(formatMoney(runCost(price, paid, detail.num_images ?? 1), price.currency));
+  }
+  return parts.join(" · ");
+}
+
 /**
- * The node's lines as {text, tone} (tone: "info", "log", "warning", "error"). While the run goes
- * on: elapsed time, then each request's phase, request id and latest fal log line. Once it ended:
- * only its error or warning, or nothing.
+ * The node's lines as {text, tone} (tone: "info", "log", "warning", "error"), before wrapping.
+ * While the run goes on: elapsed time, then each request's phase, request id and latest fal log
+ * line. Once it ended: the summary of a success, or the error in full, or the cancellation.
  */
-export function statusLines(detail) {
+export function statusLines(detail, price = null) {
   const items = detail.items ?? [];
   const elapsed = `${Number(detail.elapsed ?? 0).toFixed(1)} s`;
+  const outcome = detail.outcome ?? (detail.finished ? (detail.error ? "failed" : "done") : "running");
   const lines = [];
-  if (!detail.finished) {
+  if (outcome === "running") {
     lines.push({ text: `fal · ${elapsed}`, tone: "info" });
     items.forEach((item, i) => {
-      lines.push({ text: cut(itemLine(item, i, items.length)), tone: "info" });
+      lines.push({ text: itemLine(item, i, items.length), tone: "info" });
       if (item.log) lines.push({ text: cut(`  fal: ${item.log}`), tone: "log" });
     });
-  } else if (detail.error) {
-    lines.push({ text: `fal · failed after ${elapsed}`, tone: "error" });
-    for (const text of fold(detail.error)) lines.push({ text, tone: "error" });
+  } else if (outcome === "done") {
+    lines.push({ text: summaryLine(detail, price), tone: "info" });
+  } else if (outcome === "cancelled") {
+    lines.push({ text: `cancelled after ${elapsed}`, tone: "warning" });
+  } else {
+    lines.push({ text: `failed after ${elapsed}`, tone: "error" });
+    if (detail.error) lines.push({ text: detail.error, tone: "error" });
   }
-  if (detail.warning) {
-    for (const text of fold(`warning: ${detail.warning}`)) lines.push({ text, tone: "warning" });
+  if (detail.warning) lines.push({ text: `warning: ${detail.warning}`, tone: "warning" });
+  return lines;
+}
+
+/** What is wrong with the node's picture inputs before it is queued, or null. */
+export function sourceProblem({ image, image_url: imageUrl }) {
+  if (image && imageUrl) {
+    return "Both image and image_url are connected: disconnect one "
+      + "(image for a picture, image_url for URLs from fal Upload Image).";
+  }
+  if (!image && !imageUrl) {
+    return "Nothing to transform: connect image (e.g. Load Image) or image_url (e.g. fal Upload Image).";
+  }
+  return null;
+}
+
+/**
+ * `text` split into lines that each fit `width`, as measured by `measure(text)` (pixels on a
+ * canvas, characters in tests); breaks at spaces where it can, inside a word where it must.
+ */
+export function wrap(text, width, measure) {
+  const lines = [];
+  for (const paragraph of String(text).split("\n")) {
+    const indent = paragraph.match(/^ */)[0];
+    let line = indent;
+    for (const word of paragraph.slice(indent.length).split(" ")) {
+      const candidate = line.trim() ? `${line} ${word}` : line + word;
+      if (measure(candidate) <= width) {
+        line = candidate;
+        continue;
+      }
+      if (line) lines.push(line);
+      line = word;
+      while (measure(line) > width && line.length > 1) {
+        let end = line.length - 1;
+        while (end > 1 && measure(line.slice(0, end)) > width) end -= 1;
+        lines.push(line.slice(0, end));
+        line = line.slice(end);
+      }
+    }
+    lines.push(line);
   }
   return lines;
 }
 
-/** The lines of every fal node, by node id; several nodes can run at once. */
-export class StatusBoard {
-  #lines = new Map();
+/** Every line wrapped to `width`: [{text, tone}], nothing cut. */
+export function wrapLines(lines, width, measure) {
+  return lines.flatMap(({ text, tone }) => wrap(text, width, measure).map((part) => ({ text: part, tone })));
+}
 
-  /** Take one event; answers the id of the node whose lines changed. */
+/** The last event of every fal node, by node id; several nodes can run at once. */
+export class StatusBoard {
+  #details = new Map();
+
+  /** Take one event; answers the id of the node it is about. A run's first event replaces the last run's. */
   update(detail) {
     const id = String(detail.node);
-    const lines = statusLines(detail);
-    if (lines.length) this.#lines.set(id, lines);
-    else this.#lines.delete(id);
+    this.#details.set(id, detail);
     return id;
   }
 
-  linesFor(nodeId) {
-    return this.#lines.get(String(nodeId)) ?? [];
+  detailFor(nodeId) {
+    return this.#details.get(String(nodeId)) ?? null;
   }
 
-  /** Forget every node's lines (a new prompt starts, so old errors no longer apply). */
-  clear() {
-    this.#lines.clear();
+  /** The node's lines before wrapping: its input problem first, then its run's. */
+  linesFor(nodeId, { problem = null, price = null } = {}) {
+    const detail = this.detailFor(nodeId);
+    const lines = problem ? [{ text: problem, tone: "error" }] : [];
+    return detail ? [...lines, ...statusLines(detail, price)] : lines;
   }
 }
