@@ -54,7 +54,7 @@ def comfyui(request, emulator, tmp_path_factory):
            if name not in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "FAL_SD3_STATE_DIR", "FAL_SD3_DAILY_BUDGET")}
     env.update({name: value for name, value in emulator.env().items() if name != "FAL_KEY"})
     args = ["--front-end-root", request.param] if request.param else []
-    with running_comfyui(base, env, args) as url:
+    with running_comfyui(base, env, args=args) as url:
         # A first visit opens the template browser over the canvas; a returning user's does not.
         httpx.post(url + "/settings", json={"Comfy.TutorialCompleted": True}, timeout=10)
         yield {"url": url, "base": base, "key_file": base / "user" / "fal_sd3" / "fal_key"}
@@ -185,8 +185,7 @@ async def run_and_watch(page, comfyui, screenshot=None, until=None):
 
 def test_key_set_in_the_dialog_is_used_by_the_node_and_shown_while_running(comfyui, emulator, tmp_path):
     url, key_file = comfyui["url"], comfyui["key_file"]
-    # POST /fal/key/test is another engineer's (#12b): the Test button is checked once it is there.
-    key_test_route = "ok" in httpx.post(url + "/fal/key/test", json={}, timeout=10).text
+    jobs_before = set(emulator.jobs)  # the emulator serves every front end's ComfyUI in turn
 
     async def scenario():
         async with chromium_page(tmp_path / "profile") as page:
@@ -201,19 +200,17 @@ def test_key_set_in_the_dialog_is_used_by_the_node_and_shown_while_running(comfy
             assert await page.evaluate(f"{KEY_INPUT}.value") == "not a fal key"
             await page.evaluate(f"{KEY_INPUT}.value = ''")
             tests = []
-            if key_test_route:
-                await type_key(page, "wrong-id:wrong-secret")
-                await click_button(page, "Test")
-                tests.append(await page.wait_for(f"!{KEY_STATUS}?.startsWith('Asking') && {KEY_STATUS}"))
-                await page.evaluate(f"{KEY_INPUT}.value = ''")
+            await type_key(page, "wrong-id:wrong-secret")
+            await click_button(page, "Test")
+            tests.append(await page.wait_for(f"!{KEY_STATUS}?.startsWith('Asking') && {KEY_STATUS}"))
+            await page.evaluate(f"{KEY_INPUT}.value = ''")
             await type_key(page, KEY)
             await click_button(page, "Save")
             assert "A key is saved" in await page.wait_for(f"{KEY_STATUS}?.startsWith('Saved') && {KEY_STATUS}")
             assert await page.evaluate(f"{KEY_INPUT}.value") == ""
-            if key_test_route:
-                await click_button(page, "Test")
-                tests.append(await page.wait_for(f"!{KEY_STATUS}?.startsWith('Asking') && {KEY_STATUS}"))
-                await page.screenshot(tmp_path / "key_test.png")
+            await click_button(page, "Test")
+            tests.append(await page.wait_for(f"!{KEY_STATUS}?.startsWith('Asking') && {KEY_STATUS}"))
+            await page.screenshot(tmp_path / "key_test.png")
 
             await reload(page)
             await open_key_setting(page)
@@ -250,12 +247,12 @@ def test_key_set_in_the_dialog_is_used_by_the_node_and_shown_while_running(comfy
     server_log = (comfyui["base"] / "comfyui.log").read_text()
     for text in (settings, settings_file, storage, graph, "\n".join(console), server_log, *tests):
         assert SECRET not in text
-    if key_test_route:
-        assert tests[0].startswith("Key test failed") and tests[1] == "fal accepted the saved key."
+    # Test: the field's wrong key is refused by fal, the saved one accepted; no job was run.
+    assert tests[0].startswith("Key test failed") and tests[1] == "fal accepted the saved key."
 
     # What the node showed while it ran: queue position, running with request id and fal's log.
     text = "\n".join("\n".join(state["lines"]) for state in seen)
-    request_id = next(iter(emulator.jobs))
+    request_id = next(job for job in emulator.jobs if job not in jobs_before)
     assert "in queue (position" in text or "next in queue" in text
     assert f"running · {request_id}" in text and "  fal: " in text
     running = [state for state in seen if state["lines"][0].startswith("fal · ")]
@@ -377,6 +374,35 @@ def test_one_status_inside_the_node_a_batch_of_three_its_summary_and_a_long_erro
     assert failed["lines"][0].startswith("failed after") and "…" not in text
     assert long_error.split()[-1] in text and "its content was not understood" in text
     assert len(failed["lines"]) > 3  # wrapped, not cut
+
+
+def test_a_run_past_the_daily_budget_is_refused_with_the_whole_reason_on_the_node(comfyui, emulator, key_saved,
+                                                                                 tmp_path):
+    url = comfyui["url"]
+    assert httpx.post(url + "/fal/budget", json={"daily_budget": 0.01}, timeout=10).status_code == 200
+    submits = emulator.count("submit")
+    workflow = template()
+    next(n for n in workflow["nodes"] if n["id"] == 3)["widgets_values"][4] = 2000  # never run before
+
+    async def scenario():
+        async with chromium_page(tmp_path / "profile", height=1300) as page:
+            await open_editor(page, url)
+            await load(page, workflow)
+            _, refused = await run_and_watch(page, comfyui)
+            await close_dialogs(page)
+            await page.screenshot(tmp_path / "budget_refused.png")
+            return refused
+
+    try:
+        refused = asyncio.run(scenario())
+    finally:
+        httpx.post(url + "/fal/budget", json={"daily_budget": None}, timeout=10)
+    assert emulator.count("submit") == submits  # refused before anything was sent
+    text = " ".join(refused["lines"][1:])
+    assert refused["lines"][0].startswith("failed after") and set(refused["tones"]) == {"error"}
+    assert "this run would cost" in text and "is spent today" in text and "the limit is 0.010 USD" in text
+    assert text.endswith("Raise or clear the budget, or run again tomorrow.")
+    assert refused["bottom"] <= refused["nodeHeight"] + 0.5
 
 
 def test_price_badge_follows_num_images_and_the_batch(comfyui, tmp_path):
