@@ -31,6 +31,12 @@ import pytest  # noqa: E402
 from fal_emulator import FalEmulator  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _no_real_platform_api(monkeypatch):
+    """A client built without ``api_url`` would read fal's real Platform API: loopback instead."""
+    monkeypatch.setenv("FAL_API_URL", "http://127.0.0.1:9/v1")
+
+
 @pytest.fixture
 def fal_emulator():
     """A fresh fal emulator on 127.0.0.1 for one test."""

@@ -2,7 +2,9 @@
 
 It speaks what fal's clients speak (see ../shared/fal-protocol.md): submit, status (with logs),
 the status stream (server-sent events), result, cancel, the CDN token, CDN uploads (single and
-multipart), the initiate + PUT fallback and the Platform API's prices. It checks ``Authorization: Key ...``, validates input
+multipart), the initiate + PUT fallback, the Platform API's prices and its request history
+(``/api/v1/models/requests/by-endpoint``: a request appears there once it has ended, with its
+input and output under ``expand=payloads``, paged by ``limit`` and ``next_cursor``). It checks ``Authorization: Key ...``, validates input
 like fal (422 with a ``detail`` list), and answers with images derived from the input so a test
 can prove the round trip by pixels: image k of a request is ``255 - input + k`` (mod 256), resized
 to the requested size with nearest-neighbour sampling, as PNG (see ``expected_output``).
@@ -20,7 +22,16 @@ Semantics chosen where fal's are not documented:
 - the result of a request that is not finished: 400 ``{"detail": "Request is still in progress"}``;
 - cancel of a running or queued request: 202, and the request ends COMPLETED with error
   "Request cancelled" (error_type "RequestCancelled"); its result is then 400;
-- cancel of a finished request: 400 ``{"status": "ALREADY_COMPLETED"}``.
+- cancel of a finished request: 400 ``{"status": "ALREADY_COMPLETED"}``;
+- in the history, a failed request has status_code 500 (422 for validation errors), a cancelled
+  one 499; ``expire(request_id)`` makes the queue forget a request (status and result 404, as
+  after fal's retention) while the history keeps it.
+
+Faults beyond status codes, drops and delays: ``accept=True`` lets the call do its work (a
+submit is queued, and paid) before the fault's status or delay answers; ``hide_request_id=True`` answers
+a submit 200 without ``request_id`` in the body (the header stays with ``request_id_header``);
+``headers`` adds headers to a fault's answer; on cancel, ``complete=True`` lets the request
+complete at that moment, so the cancel is answered ALREADY_COMPLETED.
 
 Network costs, off by default: ``rtt`` seconds puts a relay in front of each listener that
 delivers every byte RTT/2 after it was sent, both ways (requests, answers, each stream event),
@@ -129,6 +140,10 @@ class Fault:
     patch: dict | None = None
     pad: int | None = None
     endless: bool = False
+    accept: bool = False
+    hide_request_id: bool = False
+    headers: dict | None = None
+    complete: bool = False
 
 
 @dataclass
@@ -145,6 +160,21 @@ class Job:
     cancelled_at: float | None = None
     output: dict | None = None
     logs: list = field(default_factory=list)
+    sent_at: float = field(default_factory=time.time)
+    expired: bool = False
+
+    def ended_at(self) -> float:
+        """The wall-clock time it ends (or ended)."""
+        run = (self.cancelled_at - self.created) if self.cancelled_at is not None else (
+            self.queue_seconds + self.job_seconds)
+        return self.sent_at + run
+
+    def history_code(self) -> int:
+        if self.cancelled_at is not None and self.cancelled_at - self.created < self.queue_seconds + self.job_seconds:
+            return 499
+        if self.fail:
+            return 422 if "validation" in (self.error_type or "").lower() else 500
+        return 200
 
     def timeline(self, now: float) -> tuple[str, int | None, int]:
         """(state, queue position, number of log lines) at time ``now``."""
@@ -267,6 +297,18 @@ class FalEmulator:
         for handler in handlers:
             handler.transport.close()
         return len(handlers)
+
+    def accepted(self) -> int:
+        """Submits fal accepted: what it would charge for at most."""
+        with self._lock:
+            return len(self.jobs)
+
+    def expire(self, request_id: str | None = None) -> None:
+        """Forget a request (every one by default) in the queue, as fal does past its retention."""
+        with self._lock:
+            for job in self.jobs.values():
+                if request_id in (None, job.id):
+                    job.expired = True
 
     def fault(self, kind: str, *, times: int = 1, **options: Any) -> None:
         with self._lock:
@@ -426,6 +468,7 @@ class FalEmulator:
         ("PUT", r"/cdn/files/(?P<name>.+)/multipart/(?P<upload>[^/]+)/(?P<part>\d+)", "multipart_part"),
         ("POST", r"/cdn/files/(?P<name>.+)/multipart/(?P<upload>[^/]+)/complete", "multipart_complete"),
         ("GET", r"/cdn/files/.+|/gcs/files/.+", "file"),
+        ("GET", r"/api/v1/models/requests/by-endpoint", "history"),
         ("GET", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)/status/stream", "stream"),
         ("GET", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)/status", "status"),
         ("PUT", r"/queue/(?P<app>.+)/requests/(?P<id>[^/]+)/cancel", "cancel"),
@@ -456,21 +499,29 @@ class FalEmulator:
             fault = queue.pop(0) if queue else None
         handler = getattr(self, f"_{kind}")
         if fault is not None:
-            if fault.delay:
+            if fault.delay and not fault.accept:
                 await asyncio.sleep(fault.delay)
             if fault.drop == "before":
                 return self._abort(request, call)
-            if fault.status is not None:
+            if fault.status is not None and not fault.accept:
                 return self._record(call, self._fault_response(fault))
             if fault.refuse:
                 return self._record(call, web.json_response({"detail": "Method Not Allowed"}, status=405))
             if fault.endless and kind != "stream":
                 return await self._endless(request, call)
         response = await handler(request, call, match.groupdict(), fault)
+        if fault is not None and fault.accept and fault.delay:
+            await asyncio.sleep(fault.delay)  # done, then slow to answer: the client may give up
         if fault is not None and fault.drop == "after":
             return self._abort(request, call)
         if fault is not None and (fault.patch or fault.pad):
             response = self._patched(response, fault)
+        if fault is not None and fault.status is not None:
+            return self._record(call, self._fault_response(fault))
+        if fault is not None and fault.hide_request_id:
+            request_id = response.headers.get("x-fal-request-id", "")
+            headers = {"x-fal-request-id": request_id} if fault.request_id_header else {}
+            return self._record(call, web.json_response({"status": "IN_QUEUE"}, headers=headers))
         return self._record(call, self._echoed(call, response))
 
     @staticmethod
@@ -528,7 +579,7 @@ class FalEmulator:
 
     @staticmethod
     def _fault_response(fault: Fault) -> web.Response:
-        headers = {}
+        headers = dict(fault.headers or {})
         if fault.retry_after is not None:
             headers["Retry-After"] = f"{fault.retry_after:g}"
         if fault.status >= 500 and not fault.request_id_header and fault.body is None:
@@ -695,7 +746,7 @@ class FalEmulator:
             return None, self._unauthorized(groups.get("app", ""))
         with self._lock:
             job = self.jobs.get(groups["id"])
-        if job is None:
+        if job is None or job.expired:
             return None, web.json_response({"detail": "Request not found"}, status=404)
         return job, None
 
@@ -773,12 +824,60 @@ class FalEmulator:
         job, error = self._find(call, groups)
         if error is not None:
             return error
-        state = job.timeline(time.monotonic())[0]
+        now = time.monotonic()
+        if fault is not None and fault.complete and job.timeline(now)[0] != "COMPLETED":
+            job.queue_seconds = min(job.queue_seconds, now - job.created)
+            job.job_seconds = max(now - job.created - job.queue_seconds, 0.0)
+        state = job.timeline(now)[0]
         if state in ("COMPLETED", "CANCELLED"):
             return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
         job.cancelled_at = time.monotonic()
         self._loop.create_task(self._announce(job))
         return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
+
+    # --- Platform API: the request history ----------------------------------------------------
+
+    async def _history(self, request, call, groups, fault) -> web.Response:
+        if not self._authorized(call):
+            return web.json_response({"detail": "Invalid API key"}, status=401)
+        query = request.query
+        endpoint = query.get("endpoint_id")
+        if not endpoint:
+            return web.json_response({"detail": [{"loc": ["query", "endpoint_id"], "msg": "Field required",
+                                                  "type": "missing"}]}, status=422)
+        try:
+            limit = min(max(int(query.get("limit", "50")), 1), 100)
+            offset = int(query.get("cursor", "0"))
+            start = _parse_time(query["start"]) if "start" in query else time.time() - (
+                90 * 86400 if "request_id" in query else 86400)
+            end = _parse_time(query["end"]) if "end" in query else None
+        except ValueError as exc:
+            return web.json_response({"detail": f"Bad query: {exc}"}, status=422)
+        now = time.time()
+        with self._lock:
+            jobs = [job for job in self.jobs.values()
+                    if job.app == endpoint and job.ended_at() <= now and job.sent_at >= start
+                    and (end is None or job.sent_at <= end)
+                    and query.get("request_id") in (None, job.id)]
+        wanted = {"success": lambda c: c < 400, "error": lambda c: c >= 500,
+                  "user_error": lambda c: 400 <= c < 500}.get(query.get("status", ""), lambda c: True)
+        jobs = sorted((job for job in jobs if wanted(job.history_code())), key=Job.ended_at)
+        page = jobs[offset:offset + limit]
+        payloads = query.get("expand") == "payloads"
+        iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")  # noqa: E731
+        items = []
+        for job in page:
+            code = job.history_code()
+            item = {"request_id": job.id, "endpoint_id": job.app, "sent_at": iso(job.sent_at),
+                    "started_at": iso(job.sent_at + min(job.queue_seconds, job.ended_at() - job.sent_at)),
+                    "ended_at": iso(job.ended_at()), "status_code": code,
+                    "duration": round(job.ended_at() - job.sent_at, 3)}
+            if payloads:
+                item.update(json_input=job.input, json_output=job.output if code == 200 else {"detail": job.fail})
+            items.append(item)
+        more = offset + limit < len(jobs)
+        return web.json_response({"items": items, "next_cursor": str(offset + limit) if more else None,
+                                  "has_more": more})
 
     # --- storage ---------------------------------------------------------------------------
 
@@ -910,6 +1009,10 @@ class FalEmulator:
         else:
             return web.json_response({"detail": "unknown control action"}, status=404)
         return web.json_response({"ok": True})
+
+
+def _parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def main() -> None:
