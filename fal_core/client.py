@@ -8,6 +8,7 @@ import httpx
 
 from .config import FalConfig
 from .connections import Pool
+from .history import History
 from .queue import QueueClient
 from .retry import RetryPolicy
 from .storage import Storage, UploadCache
@@ -17,7 +18,8 @@ from .transport import DEFAULT_TIMEOUT, Transport
 class FalClient:
     """The async entry point to fal.
 
-    ``client.queue`` submits and follows requests, ``client.storage`` uploads files, and
+    ``client.queue`` submits and follows requests, ``client.storage`` uploads files,
+    ``client.history`` reads the key's own request history (fal's Platform API), and
     ``fal_core.img2img`` runs the whole image-to-image job on a client. Use it as an async
     context manager so its connections are closed::
 
@@ -48,6 +50,7 @@ class FalClient:
         self.transport = Transport(config, retry=retry, timeout=timeout, pool=pool)
         self.queue = QueueClient(self.transport, poll_interval=poll_interval)
         self.storage = Storage(self.transport, upload_cache)
+        self.history = History(self.transport)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

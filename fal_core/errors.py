@@ -8,6 +8,7 @@ the attributes instead of parsing messages. Every message names what was wrong a
     ├── ConfigError
     │   └── MissingKeyError
     ├── InputError                    bad input, caught before anything is sent
+    ├── JournalError                  the request journal cannot be read or written
     ├── FileError                     an image or file that cannot be read, fetched or decoded
     ├── TransportError                the network failed, after retries
     │   └── SubmitUncertainError      a submit may have reached fal; it was not sent again
@@ -19,7 +20,9 @@ the attributes instead of parsing messages. Every message names what was wrong a
     └── RequestError                  the outcome of one queued request
         ├── AppError                  the app ran and failed (COMPLETED with ``error``)
         ├── RequestTimeout            the overall timeout passed (the request was cancelled)
-        └── RequestCancelled          cancelled by the caller
+        ├── RequestCancelled          cancelled by the caller
+        ├── ResultError               fal completed the request but its result cannot be fetched
+        └── ResultGoneError           fal completed (and billed) it but no longer keeps its result
 """
 
 from __future__ import annotations
@@ -77,6 +80,17 @@ class InputError(FalError, ValueError):
         super().__init__(f"Invalid input ({len(self.errors)} {noun}); nothing was sent to fal:\n{lines}")
 
 
+class JournalError(FalError):
+    """The request journal cannot be read or written; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: Any, action: str, reason: str, consequence: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"The request journal {path} cannot be {action}: {reason}. {consequence} Free space on "
+            "that disk or fix its permissions, or point FAL_JOURNAL at a writable file.")
+
+
 class FileError(FalError):
     """An image or file that cannot be fetched, read or decoded."""
 
@@ -106,14 +120,18 @@ class SubmitUncertainError(TransportError):
     journal can keep it until the user has checked.
     """
 
-    def __init__(self, app_id: str, cause: str, *, url: str, fingerprint: str | None = None) -> None:
+    DEFAULT_ADVICE = ("It was not sent again, so you cannot pay twice: check "
+                      "https://fal.ai/dashboard/requests before running it again.")
+
+    def __init__(self, app_id: str, cause: str, *, url: str, fingerprint: str | None = None,
+                 request_id: str | None = None, advice: str | None = None) -> None:
         self.app_id = app_id
         self.fingerprint = fingerprint
+        self.request_id = request_id
         super().__init__(
             f"The submit to {app_id} failed after the request was sent ({cause}). fal may have "
-            "accepted the job and may charge for it, but its request id never reached us. It was "
-            "not sent again, so you cannot pay twice: check https://fal.ai/dashboard/requests "
-            "before running it again.",
+            "accepted the job and may charge for it, but its request id never reached us. "
+            + (advice or self.DEFAULT_ADVICE),
             url=url,
             maybe_delivered=True,
             cause=cause,
@@ -184,3 +202,15 @@ class RequestTimeout(RequestError, TimeoutError):
 
 class RequestCancelled(RequestError):
     """The caller asked to stop; the request was cancelled at fal."""
+
+
+class ResultError(RequestError):
+    """fal completed the request, but fetching its result failed for good (the reason is kept)."""
+
+
+class ResultGoneError(RequestError):
+    """fal completed the request (and billed it) but no longer keeps its result.
+
+    fal keeps a result 1 h after completion, 6 min when it is 10 KB or larger (``sync_mode``).
+    It is never paid for again silently: only ``force_new_request`` sends a new request.
+    """

@@ -6,8 +6,9 @@ import asyncio
 
 import numpy as np
 
+from .errors import FileError
 from .images import MAX_BYTES, decode_image, parse_data_uri, sniff_mime
-from .journal import ResultFiles
+from .journal import INLINE_FILE, ResultFiles
 from .schema import MAX_RESULT_PIXELS
 from .transport import Transport
 
@@ -16,6 +17,14 @@ async def fetch_bytes(transport: Transport, url: str, *, what: str = "result fil
                       store: ResultFiles | None = None) -> tuple[bytes, str | None]:
     """The bytes and content type behind ``url`` (http(s) or data:); with a ``store``, a file
     downloaded before is read from it and a new download is kept in it."""
+    if url.startswith(INLINE_FILE):
+        # An inline result the journal moved to the results folder (fal_core.journal).
+        kept = store.get(url) if store is not None else None
+        if kept is None:
+            raise FileError(f"The {what} was kept as {url}, which is no longer in the results folder "
+                            f"{store.folder if store is not None else '(none given)'}; turn on force_new_request "
+                            "(--force-new on the command line) to pay for it again.")
+        url = kept.decode()
     if url.startswith("data:"):
         parsed = parse_data_uri(url, max_bytes=max_bytes)
         return parsed.data, parsed.mime

@@ -7,28 +7,28 @@ number at a time; item i gets ``seed + i`` so a batch is not B copies of one pic
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
 from . import schema
 from .client import FalClient
-from .errors import (
-    AppError, HTTPStatusError, RequestCancelled, RequestTimeout, SubmitUncertainError, ValidationError,
-)
+from .deadline import Deadline
 from .files import fetch_image
 from .images import encode, image_dimensions, sniff_mime
-from .journal import COMPLETED, PENDING, UNKNOWN, Journal, ResultFiles, fingerprint
-from .queue import Completion, OnUpdate, ShouldCancel, Update
+from .journal import Journal, ResultFiles, fingerprint
+from .journaled import JournaledRequest
+from .queue import OnUpdate, ShouldCancel, Update
 from .schema import Img2ImgOutput
-from .status import COMPLETED as COMPLETED_STATE
 from .status import RequestHandle, Status
 
 # An image is an (H,W,C) uint8 array, encoded bytes, or a URL fal can read (http(s) or data:).
 ImageInput = Union[np.ndarray, bytes, str]
 DEFAULT_CONCURRENCY = 4
+# A result collected at the deadline (fal completed it before our cancel) is paid: it gets this
+# long to download rather than being dropped.
+LATE_DOWNLOAD_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -93,52 +93,45 @@ async def img2img(
     ``image_mode`` is "auto" (inline small images, upload large ones), "data_uri" or "upload".
     Raises InputError before any network call when ``params`` are invalid.
 
-    With a ``journal``, the job is written down before it is waited for: the same job (same
-    fields, seed and picture) reattaches to a request still running or reuses a completed one
-    instead of paying again, unless ``force_new``. ``result_files`` keeps downloaded results.
-    ``cost`` (``{"amount", "currency", "source"}``) is journaled when fal accepts the submit, for
-    the spend totals; a reused or reattached request adds none.
+    With a ``journal``, the job is written down before it is sent (see fal_core.journaled):
+    the same job (same fields, seed and picture) reattaches to a request still running, reuses
+    a completed one or resolves a lost submit through fal's request history instead of paying
+    again, unless ``force_new``. ``result_files`` keeps downloaded results (default: the
+    journal's results folder). ``timeout`` bounds the whole job: upload, queue, result and
+    downloads. ``cost`` (``{"amount", "currency", "source"}``) is journaled when fal accepts the
+    submit (or a lost submit is found in fal's history), for the spend totals; a reused or
+    reattached request adds none.
     """
     fields = check_params(params, image)
     fields.pop("image_url")
-    started = time.monotonic()
+    deadline = Deadline(timeout)
     notify = on_update or (lambda update: None)
     preconnect(client, fields, decode=decode)
     encoded = await encode_image(image, image_format)
     fp = fingerprint(app_id, fields, encoded[0] if encoded else image)
-    entry = journal.lookup(fp) if journal is not None and not force_new else None
-    if entry is not None and entry.state == UNKNOWN:
-        raise SubmitUncertainError(
-            app_id, f"the same request was sent at {_clock(entry.time)} and its answer was lost; "
-            "run it with force new request once you have checked", url=client.config.queue_url, fingerprint=fp)
-    if entry is not None and entry.state == COMPLETED and entry.handle is not None:
-        notify(Update(entry.request_id, "completed", elapsed=time.monotonic() - started))
-        completion = Completion(entry.handle, Status(COMPLETED_STATE), entry.result)
-    else:
-        wait_options = dict(on_update=on_update, should_cancel=should_cancel,
-                            timeout=None if timeout is None else max(timeout - (time.monotonic() - started), 0.001))
-        completion = None
-        if entry is not None and entry.state == PENDING and entry.handle is not None:
-            completion = await _reattach(client, journal, fp, entry.handle, wait_options)
-        if completion is None:
-            if encoded is not None:
-                notify(Update(None, "uploading", elapsed=time.monotonic() - started))
-                url = await client.storage.image_url(*encoded, mode=image_mode)
-            else:
-                url = image
-            payload = {**fields, "image_url": url}
-            notify(Update(None, "submitting", elapsed=time.monotonic() - started))
-            completion = await _journaled(journal, fp, app_id, payload, lambda on_submitted: client.queue.subscribe(
-                app_id, payload, on_submitted=on_submitted, **wait_options, **submit_options), cost=cost)
-    output = Img2ImgOutput.from_json(completion.output, completion.handle.request_id,
-                                     max_images=fields.get("num_images") or 1)
+    store = result_files if result_files is not None else journal.results if journal is not None else None
+
+    async def make_payload() -> dict:
+        if encoded is None:
+            return {**fields, "image_url": image}
+        notify(Update(None, "uploading", elapsed=deadline.elapsed()))
+        url = await deadline.bound(client.storage.image_url(*encoded, mode=image_mode),
+                                   "upload of the input picture", "Nothing was sent to fal. ")
+        return {**fields, "image_url": url}
+
+    request = JournaledRequest(client, journal, fp, app_id, deadline=deadline, on_update=on_update,
+                               should_cancel=should_cancel, submit_options=submit_options, cost=cost)
+    completion = await request.run(fields, make_payload, force_new=force_new)
+    request_id = completion.handle.request_id
+    output = Img2ImgOutput.from_json(completion.output, request_id, max_images=fields.get("num_images") or 1)
     images: list[np.ndarray] = []
     if decode:
-        notify(Update(completion.handle.request_id, "downloading", elapsed=time.monotonic() - started))
-        images = list(await asyncio.gather(*(
-            fetch_image(client.transport, item.url, store=result_files,
-                        what=f"result image {i + 1} of request {completion.handle.request_id}")
-            for i, item in enumerate(output.images))))
+        notify(Update(request_id, "downloading", elapsed=deadline.elapsed()))
+        kept = "Its result is kept in the journal: a re-run downloads it again without paying. " if journal else ""
+        images = list(await deadline.or_grace(LATE_DOWNLOAD_GRACE).bound(asyncio.gather(*(
+            fetch_image(client.transport, item.url, store=store,
+                        what=f"result image {i + 1} of request {request_id}")
+            for i, item in enumerate(output.images))), f"download of the results of request {request_id}", kept))
     return Img2ImgResult(completion.handle, completion.status, output, completion.output, images)
 
 
@@ -149,55 +142,6 @@ def preconnect(client: FalClient, fields: Mapping[str, Any], count: int = 1, *, 
     client.transport.preconnect(client.config.queue_url, count)
     if decode and not fields.get("sync_mode"):
         client.transport.preconnect(client.config.cdn_url, count * (fields.get("num_images") or 1))
-
-
-async def _reattach(client: FalClient, journal: Journal, fp: str, handle: RequestHandle,
-                    wait_options: dict) -> Completion | None:
-    """Follow a request an earlier run submitted; None when fal no longer knows it."""
-    try:
-        return await _journaled(journal, fp, handle.app_id, None, lambda _: client.queue.complete(handle, **wait_options),
-                                handle=handle)
-    except HTTPStatusError as exc:
-        if exc.status_code != 404:
-            raise
-        journal.failed(fp, handle.request_id, "fal no longer knows this request")
-        return None
-
-
-async def _journaled(journal: Journal | None, fp: str, app_id: str, payload: Mapping[str, Any] | None,
-                     run: Callable[[Callable[[RequestHandle], None]], Awaitable[Completion]],
-                     handle: RequestHandle | None = None, cost: Mapping[str, Any] | None = None) -> Completion:
-    """Run a request with its life written to the journal: submitted, then how it ended."""
-    submitted: list[RequestHandle] = [handle] if handle is not None else []
-
-    def on_submitted(new: RequestHandle) -> None:
-        submitted.append(new)
-        if journal is not None:
-            journal.submitted(fp, new, payload or {}, cost=cost)
-
-    def request_id() -> str | None:
-        return submitted[-1].request_id if submitted else None
-
-    if journal is None:
-        return await run(on_submitted)
-    try:
-        completion = await run(on_submitted)
-    except SubmitUncertainError as exc:
-        journal.unknown(fp, app_id, payload or {}, str(exc))
-        raise
-    except (RequestCancelled, RequestTimeout, asyncio.CancelledError):
-        if submitted:
-            journal.cancelled(fp, request_id())
-        raise
-    except (AppError, ValidationError) as exc:
-        journal.failed(fp, request_id(), str(exc))
-        raise
-    journal.completed(fp, completion.handle.request_id, completion.output)
-    return completion
-
-
-def _clock(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 async def img2img_batch(

@@ -19,11 +19,11 @@ from typing import Any, AsyncIterator, Callable, Mapping
 import httpx
 
 from .errors import (
-    AppError, FalError, HTTPStatusError, RequestCancelled, RequestTimeout, ResponseError, ResponseTooLarge,
-    SubmitUncertainError, TransportError, ValidationError,
+    AppError, AuthError, FalError, HTTPStatusError, RequestCancelled, RequestTimeout, ResponseError,
+    ResponseTooLarge, ResultError, SubmitUncertainError, TransportError, ValidationError,
 )
 from .redaction import excerpt
-from .retry import NO_RETRY, RetryPolicy
+from .retry import NO_RETRY, SUBMIT_REFUSED, RetryPolicy
 from .sse import iter_data, iter_lines
 from .status import AppId, LogLine, RequestHandle, Status
 from .transport import Transport
@@ -150,7 +150,32 @@ class QueueClient:
             if exc.maybe_delivered:
                 raise SubmitUncertainError(app.full, exc.cause, url=url, fingerprint=fingerprint) from None
             raise
-        return RequestHandle.from_submit(self.queue_url, app.full, _json(response, f"submit to {app.full}"))
+        except HTTPStatusError as exc:
+            # 4xx: refused. 429/502/503 were retried and remain refusals. Any other 5xx came
+            # after fal read the body (a gateway that gave up waiting, a 500): it may be queued.
+            if exc.status_code < 500 or exc.status_code in SUBMIT_REFUSED:
+                raise
+            raise SubmitUncertainError(app.full, f"HTTP {exc.status_code}: {str(exc.detail)[:120]}", url=url,
+                                       fingerprint=fingerprint, request_id=exc.request_id) from None
+        return self._accepted(app.full, url, response, fingerprint)
+
+    def _accepted(self, app_id: str, url: str, response: httpx.Response, fingerprint: str | None) -> RequestHandle:
+        """The handle a 2xx submit answer gives: its body, else its ``x-fal-request-id`` header.
+
+        A 2xx means fal took the job: without a readable id it is uncertain, never a failure.
+        """
+        try:
+            data = json.loads(response.text)
+        except ValueError:
+            data = None
+        if isinstance(data, Mapping) and isinstance(data.get("request_id"), str) and data["request_id"]:
+            return RequestHandle.from_submit(self.queue_url, app_id, data)
+        request_id = response.headers.get("x-fal-request-id", "").strip()
+        if request_id:
+            log.info("fal: the submit answer has no request_id; using its x-fal-request-id header")
+            return self.handle(app_id, request_id)
+        raise SubmitUncertainError(app_id, f"fal answered HTTP {response.status_code} without a request id",
+                                   url=url, fingerprint=fingerprint)
 
     async def status(self, handle: RequestHandle, *, logs: bool = True) -> Status:
         response = await self.transport.request(
@@ -239,7 +264,13 @@ class QueueClient:
                 raise await self._failure(handle, status)
             return status
         await _stop(follow, watch)
-        await self._cancel_quietly(handle)
+        accepted = await self._cancel_quietly(handle)
+        if accepted is False and not (watch is not None and watch in done):
+            # The cancel came too late: the request completed, and is paid. Nobody asked to
+            # stop, so its result is not thrown away.
+            late = await self.completed_status(handle)
+            if late is not None:
+                return late
         if watch is not None and watch in done:
             raise RequestCancelled(f"Request {handle.request_id} was cancelled at fal, as asked.",
                                    request_id=handle.request_id)
@@ -280,9 +311,23 @@ class QueueClient:
                                    timeout=None if timeout is None else max(timeout - (time.monotonic() - started), 0.001))
 
     async def complete(self, handle: RequestHandle, **wait_options: Any) -> Completion:
-        """Wait for a request already submitted (maybe by another process) and fetch its result."""
+        """Wait for a request already submitted (maybe by another process) and fetch its result.
+
+        A result that fails for good after COMPLETED (an error status that retries did not
+        cure, or a 504 for the caller's own timeout) raises ResultError; 404 (fal no longer
+        keeps it) stays an HTTPStatusError, and a refused key an AuthError.
+        """
         status = await self.wait(handle, **wait_options)
-        return Completion(handle, status, await self.result(handle))
+        try:
+            output = await self.result(handle)
+        except (AuthError, ValidationError):
+            raise
+        except HTTPStatusError as exc:
+            if exc.status_code == 404:
+                raise
+            raise ResultError(f"fal completed request {handle.request_id}, but its result could not be fetched: "
+                              f"{exc}", request_id=handle.request_id) from None
+        return Completion(handle, status, output)
 
     async def _follow(self, handle: RequestHandle, tracker: _Tracker, *, logs: bool, stream: bool) -> Status:
         failures = 0
@@ -337,11 +382,22 @@ class QueueClient:
         return AppError(f"fal's app failed on request {handle.request_id}{kind}: {status.error}",
                         request_id=handle.request_id, error=status.error, error_type=status.error_type)
 
-    async def _cancel_quietly(self, handle: RequestHandle) -> None:
+    async def _cancel_quietly(self, handle: RequestHandle) -> bool | None:
+        """Cancel at fal: True when accepted, False when it had already ended, None on failure."""
         try:
-            await self.cancel(handle)
+            return await self.cancel(handle)
         except Exception as exc:  # the caller is already failing; report why cancel did not land
             log.warning("fal: could not cancel request %s: %s", handle.request_id, exc)
+            return None
+
+    async def completed_status(self, handle: RequestHandle) -> Status | None:
+        """The status of a request that completed without error, or None (running, failed, unknown)."""
+        try:
+            status = await self.status(handle, logs=False)
+        except FalError as exc:
+            log.warning("fal: could not read the status of request %s: %s", handle.request_id, exc)
+            return None
+        return status if status.completed and not status.error else None
 
 
 async def _drain(lines: AsyncIterator[str]) -> None:

@@ -4,10 +4,14 @@ Two kinds of calls:
 
 * Idempotent calls (status, result, cancel, file transfers, upload steps) are retried on 408,
   409, 429, every 5xx, connection failures and dropped or timed-out reads.
-* A submit costs money when fal accepts it. It is retried only when it surely did not reach
-  fal: the connection was never made, fal's front door answered 429 or 503, or a 5xx came from
-  the ingress (no ``x-fal-request-id`` header: the app never saw it). A timeout or a dropped
-  connection after the body was sent is ambiguous and is never retried.
+* A submit costs money when fal accepts it. It is re-sent only when fal surely did not take
+  it: the connection was never made, or fal answered 429, 502 or 503 (its front door or
+  gateway refusing it). A 504 or 524 (a gateway that forwarded the body and gave up waiting),
+  any other 5xx, and a timeout or a dropped connection after the body was sent leave open
+  whether fal accepted it: never re-sent (the queue client calls such a submit uncertain).
+
+Neither kind is retried on a 504 that fal marks as the caller's own start timeout
+(``X-Fal-Request-Timeout-Type: user``), as fal's clients do.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from datetime import datetime, timezone
 import httpx
 
 IDEMPOTENT_STATUSES = frozenset({408, 409, 429})
+# The answers that prove a submit was refused before fal's queue took it.
+SUBMIT_REFUSED = frozenset({429, 502, 503})
+USER_TIMEOUT_HEADER = "x-fal-request-timeout-type"
 
 
 @dataclass(frozen=True)
@@ -61,16 +68,18 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
 
 
-def is_ingress_error(response: httpx.Response) -> bool:
-    """A 5xx that fal's app never produced: it carries no request id of fal's."""
-    return response.status_code >= 500 and "x-fal-request-id" not in response.headers
+def is_user_timeout(response: httpx.Response) -> bool:
+    """A 504 for the caller's own start timeout (``X-Fal-Request-Timeout``): final."""
+    return response.status_code == 504 and response.headers.get(USER_TIMEOUT_HEADER) == "user"
 
 
 def should_retry_response(response: httpx.Response, *, idempotent: bool) -> bool:
     status = response.status_code
+    if is_user_timeout(response):
+        return False
     if idempotent:
         return status in IDEMPOTENT_STATUSES or status >= 500
-    return status in (429, 503) or is_ingress_error(response)
+    return status in SUBMIT_REFUSED
 
 
 def surely_not_sent(exc: httpx.TransportError) -> bool:

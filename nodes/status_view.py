@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 # Where each phase puts an item on the progress bar, out of STEPS. Every phase an item can be in
 # is here or an end phase: web/lib/status_lines.js has a label for each (tests/test_web_tables.py).
 STEPS = 10
-_PROGRESS = {"waiting": 0, "uploading": 1, "submitting": 2, "in_queue": 3, "in_progress": 5,
+_PROGRESS = {"waiting": 0, "uploading": 1, "submitting": 2, "checking_history": 2, "in_queue": 3, "in_progress": 5,
              "completed": 8, "downloading": 9, "done": 10}
 END_PHASES = ("done", "failed", "cancelled")
 PHASES = (*_PROGRESS, *END_PHASES[1:])

@@ -33,7 +33,8 @@ def picture(seed=0):
 
 
 def client(emu):
-    return FalClient(key=emu.key, queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url, retry=FAST)
+    return FalClient(key=emu.key, queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url,
+                     api_url=emu.api_url, retry=FAST)
 
 
 def job(emu, book, params=PARAMS, **options):
@@ -94,7 +95,7 @@ def test_killed_process_then_rerun_pays_once_and_gets_the_result(fal_emulator, t
     victim.wait(10)
     assert not Path(out).exists()
     states = [json.loads(line)["state"] for line in Path(journal_path).read_text().splitlines()]
-    assert states == ["pending"]
+    assert states == ["preparing", "sending", "pending"]
 
     survivor = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, timeout=60)
     assert survivor.returncode == 0
@@ -106,6 +107,7 @@ def test_killed_process_then_rerun_pays_once_and_gets_the_result(fal_emulator, t
 def test_lost_submit_answer_is_kept_as_unknown_and_not_paid_again(fal_emulator, tmp_path, caplog):
     book = Journal(tmp_path / "journal.jsonl")
     fal_emulator.fault("submit", drop="after")
+    fal_emulator.fault("history", status=401, times=3)  # a key without access to fal's history
     with pytest.raises(SubmitUncertainError) as info:
         job(fal_emulator, book)
     assert "may have accepted" in str(info.value) and "request id never reached us" in str(info.value)
@@ -113,12 +115,59 @@ def test_lost_submit_answer_is_kept_as_unknown_and_not_paid_again(fal_emulator, 
     entry = book.entries()[0]
     assert entry.state == "unknown" and entry.fields["seed"] == 5 and entry.fields["prompt"] == "a lighthouse"
     assert entry.fields["image_url"].startswith("data:<sha256 ")
+    assert entry.sent_at <= entry.time and entry.horizon >= 300
 
-    with pytest.raises(SubmitUncertainError, match="force new request"):
+    with pytest.raises(SubmitUncertainError, match="force_new_request"):
         job(fal_emulator, book)
-    assert fal_emulator.count("submit") == 1  # refused before the network
+    assert fal_emulator.count("submit") == 1  # refused before any submit
     job(fal_emulator, book, force_new=True)
     assert fal_emulator.count("submit") == 2
+
+
+def test_a_torn_last_line_never_swallows_the_next_record(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    book = Journal(path)
+    book.failed("first", None, "x")
+    with open(path, "ab") as f:
+        f.write(b'{"fingerprint":"torn","state":"pen')  # a crash mid-write
+    book.cancelled("next", "r2")
+    assert [e.fingerprint for e in book.entries()] == ["next", "first"]
+    # A journal damaged before this rule: the record glued onto the torn line is recovered.
+    path.write_bytes(b'{"fingerprint":"torn","sta' + path.read_bytes().splitlines()[-1] + b"\n")
+    assert [e.fingerprint for e in book.entries()] == ["next"]
+
+
+def test_short_writes_are_finished(tmp_path, monkeypatch):
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data[:7])))  # 7 bytes at a time
+    book = Journal(tmp_path / "journal.jsonl")
+    book.failed("a", None, "boom" * 50)
+    book.failed("b", None, "bang")
+    monkeypatch.setattr(os, "write", real)
+    assert {e.fingerprint: e.error for e in book.entries()} == {"a": "boom" * 50, "b": "bang"}
+
+
+def test_lines_with_wrong_types_are_skipped_not_a_crash(tmp_path, caplog):
+    path = tmp_path / "journal.jsonl"
+    Journal(path).failed("good", "r1", "boom")
+    bad = [
+        {"fingerprint": 5, "state": "failed", "time": 1e12},
+        {"fingerprint": "t", "state": "pending", "time": "yesterday"},
+        {"fingerprint": "u", "state": "pending", "time": 1e12, "urls": ["x"]},
+        {"fingerprint": "v", "state": "pending", "time": 1e12, "urls": {"status_url": 1}},
+        {"fingerprint": "w", "state": "exploded", "time": 1e12},
+        {"fingerprint": "x", "state": "completed", "time": 1e12, "fields": "seed=5"},
+        {"fingerprint": "y", "state": "failed", "time": True},
+        [1, 2, 3],
+    ]
+    with open(path, "a") as f:
+        f.writelines(json.dumps(b) + "\n" for b in bad)
+    with caplog.at_level(logging.WARNING, logger="fal_core"):
+        assert [e.fingerprint for e in Journal(path).entries()] == ["good"]
+    assert f"skipped {len(bad)} unreadable line" in caplog.text
+    listing = subprocess.run([sys.executable, "-m", "fal_core", "--journal", str(path), "journal"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and "r1" in listing.stdout, listing.stderr
 
 
 def test_interrupt_then_rerun_sends_a_new_request(fal_env, monkeypatch):

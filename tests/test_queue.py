@@ -32,6 +32,7 @@ def payload(image=None, **extra):
 
 def client(emu, **kwargs):
     return FalClient(key=emu.key, queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url,
+                     api_url=emu.api_url,
                      retry=kwargs.pop("retry", FAST), **kwargs)
 
 
@@ -123,20 +124,64 @@ def test_429_with_retry_after_is_honoured_on_submit(fal_emulator):
     assert fal_emulator.count("submit") == 2 and len(fal_emulator.jobs) == 1
 
 
-def test_ingress_5xx_on_submit_is_retried_but_app_5xx_is_not(fal_emulator):
-    fal_emulator.fault("submit", status=502, request_id_header=False)
+@pytest.mark.parametrize("fault", [
+    dict(status=429, retry_after=0.01), dict(status=502), dict(status=503), dict(status=503, request_id_header=True),
+], ids=["429", "502 from nginx", "503", "503 with a request id"])
+def test_submit_is_sent_again_only_when_fal_surely_refused_it(fal_emulator, fault):
+    fal_emulator.fault("submit", **fault)
 
     async def go():
         async with client(fal_emulator) as fal:
             return await fal.queue.submit(ENDPOINT, payload())
 
-    run(go())
-    assert fal_emulator.count("submit") == 2 and len(fal_emulator.jobs) == 1
+    handle = run(go())
+    assert fal_emulator.count("submit") == 2 and list(fal_emulator.jobs) == [handle.request_id]
 
-    fal_emulator.fault("submit", status=500, request_id_header=True)
+
+@pytest.mark.parametrize("fault", [
+    dict(status=504, accept=True), dict(status=524, accept=True, body="A timeout occurred"),
+    dict(status=500, accept=True, request_id_header=True), dict(status=500, accept=True),
+    dict(status=504, request_id_header=True, headers={"X-Fal-Request-Timeout-Type": "user"}),
+], ids=["504 gateway timeout", "524", "500 from the app", "500 from nginx", "504 user timeout"])
+def test_submit_answered_after_fal_read_it_is_uncertain_never_resent(fal_emulator, fault):
+    fal_emulator.fault("submit", **fault)
+
+    async def go():
+        async with client(fal_emulator) as fal:
+            return await fal.queue.submit(ENDPOINT, payload(), fingerprint="fp2")
+
+    with pytest.raises(SubmitUncertainError) as info:
+        run(go())
+    assert fal_emulator.count("submit") == 1
+    assert f"HTTP {fault['status']}" in str(info.value) and info.value.fingerprint == "fp2"
+
+
+def test_submit_refusals_that_persist_are_plain_errors(fal_emulator):
+    fal_emulator.fault("submit", status=503, times=4)
+
+    async def go():
+        async with client(fal_emulator) as fal:
+            return await fal.queue.submit(ENDPOINT, payload())
+
     with pytest.raises(HTTPStatusError) as info:
         run(go())
-    assert info.value.status_code == 500 and fal_emulator.count("submit") == 3
+    assert info.value.status_code == 503 and not isinstance(info.value, SubmitUncertainError)
+    assert fal_emulator.count("submit") == 4 and not fal_emulator.jobs
+
+
+def test_2xx_submit_without_request_id_uses_the_header_or_is_uncertain(fal_emulator):
+    async def go():
+        async with client(fal_emulator) as fal:
+            return await fal.queue.submit(ENDPOINT, payload())
+
+    fal_emulator.fault("submit", hide_request_id=True, request_id_header=True)
+    handle = run(go())
+    assert list(fal_emulator.jobs) == [handle.request_id]
+    assert handle.status_url.endswith(f"/requests/{handle.request_id}/status")
+    fal_emulator.fault("submit", hide_request_id=True)
+    with pytest.raises(SubmitUncertainError, match="HTTP 200 without a request id"):
+        run(go())
+    assert fal_emulator.count("submit") == 2 and len(fal_emulator.jobs) == 2
 
 
 def test_lost_submit_answer_is_never_sent_again(fal_emulator):

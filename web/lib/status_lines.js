@@ -7,7 +7,8 @@ import { formatMoney, runCost } from "./price.js";
 // A label for every phase in PHASES of nodes/status_view.py (tests/test_web_tables.py compares them).
 // A phase this table does not know yet is shown as its name, so a new one is never hidden.
 const LABELS = {
-  waiting: "waiting", uploading: "uploading", submitting: "submitting", in_queue: "in queue",
+  waiting: "waiting", uploading: "uploading", submitting: "submitting",
+  checking_history: "submit answer lost, checking fal's request history…", in_queue: "in queue",
   in_progress: "running", completed: "finished", downloading: "downloading", done: "done",
   failed: "failed", cancelled: "cancelled",
 };
