@@ -23,7 +23,9 @@ from .errors import ConfigError, FalError, InputError
 from .files import fetch_bytes
 from .images import decode_image, encode_png, sniff_mime
 from .img2img import img2img
-from .journal import COMPLETED, Journal
+from .deadline import Deadline
+from .journal import COMPLETED, UNCERTAIN, Journal, ResultFiles
+from .journaled import JournaledRequest
 from .journal import default_path as default_journal_path
 from .pricing import PriceCache
 from .queue import Update
@@ -60,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fal_core",
         description="fal SD3 image-to-image from the command line. The key comes from FAL_KEY "
-                    "(or FAL_KEY_ID + FAL_KEY_SECRET); FAL_QUEUE_URL, FAL_REST_URL and FAL_CDN_URL "
-                    "move the endpoints.",
+                    "(or FAL_KEY_ID + FAL_KEY_SECRET); FAL_QUEUE_URL, FAL_REST_URL, FAL_CDN_URL and "
+                    "FAL_API_URL move the endpoints.",
     )
     parser.add_argument("--app-id", default=schema.ENDPOINT, help=f"fal endpoint (default {schema.ENDPOINT})")
     parser.add_argument("--timeout", type=float, default=None, help="give up (and cancel at fal) after this many seconds")
@@ -86,10 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     upload = commands.add_parser("upload", help="upload files to fal storage; prints their URLs")
     upload.add_argument("files", nargs="+", type=Path)
 
-    journal = commands.add_parser("journal", help="list recent requests, fetch one's result again, or total the spend")
+    journal = commands.add_parser("journal", help="list recent requests, fetch one's result again, total the spend, "
+                                                  "or resolve lost submits")
     journal.add_argument("--fetch", metavar="REQUEST_ID", help="fetch this request's result again")
     journal.add_argument("--spend", action="store_true",
                          help="what was paid (accepted submits; reused results cost nothing): today, 7 and 30 days")
+    journal.add_argument("--resolve", action="store_true",
+                         help="look each submit whose answer was lost up in fal's request history (once)")
     journal.add_argument("--output-dir", "-o", type=Path, default=None, help="with --fetch: save its images here")
 
     for name, text in (("status", "print a request's status and logs"),
@@ -150,11 +155,12 @@ def _file_stem(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)[:80] or "fal"
 
 
-async def _save(fal: FalClient, urls: Sequence[str], out_dir: Path, stem: str) -> list[Path]:
+async def _save(fal: FalClient, urls: Sequence[str], out_dir: Path, stem: str,
+                store: ResultFiles | None = None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, url in enumerate(urls):
-        data, mime = await fetch_bytes(fal.transport, url, what=f"result image {i + 1}")
+        data, mime = await fetch_bytes(fal.transport, url, what=f"result image {i + 1}", store=store)
         mime = sniff_mime(data) or (mime or "").split(";")[0]
         path = out_dir / f"{_file_stem(stem)}-{i}{_EXTENSIONS.get(mime, '.bin')}"
         path.write_bytes(data)
@@ -170,8 +176,9 @@ def _list_journal(book: Journal) -> None:
         fields = entry.fields or {}
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time))
         prompt = str(fields.get("prompt", ""))[:40]
-        _print(f"{when}  {entry.state:<9}  {entry.request_id or '(no id: answer lost)':<36}  "
-              f"seed={fields.get('seed')}  {prompt!r}")
+        no_id = "(not sent)" if entry.state in ("preparing", "failed") else "(no id: answer lost)"
+        _print(f"{when}  {entry.state:<9}  {entry.request_id or no_id:<36}  "
+               f"seed={fields.get('seed')}  {prompt!r}")
 
 
 async def _fetch_from_journal(fal: FalClient, book: Journal, request_id: str, out_dir: Path | None,
@@ -182,12 +189,13 @@ async def _fetch_from_journal(fal: FalClient, book: Journal, request_id: str, ou
     output = entry.result if entry.state == COMPLETED else await fal.queue.result(entry.handle)
     _print(json.dumps(output, indent=2))
     if out_dir is not None:
-        await _save_output(fal, output, request_id, out_dir, report)
+        await _save_output(fal, output, request_id, out_dir, report, book.results)
 
 
-async def _save_output(fal: FalClient, output: Any, request_id: str, out_dir: Path, report: "_Reporter") -> None:
+async def _save_output(fal: FalClient, output: Any, request_id: str, out_dir: Path, report: "_Reporter",
+                       store: ResultFiles | None = None) -> None:
     urls = [im.url for im in schema.Img2ImgOutput.from_json(output, request_id).images]
-    for path in await _save(fal, urls, out_dir, f"fal-{request_id[:8]}"):
+    for path in await _save(fal, urls, out_dir, f"fal-{request_id[:8]}", store):
         report.say(f"saved {path}")
 
 
@@ -202,17 +210,39 @@ def _check_budget(prices: PriceCache, book: Journal, app_id: str, params: dict[s
     return {"amount": round(amount, 6), "currency": price.currency, "source": price.source}
 
 
+async def _resolve_journal(fal: FalClient, book: Journal) -> None:
+    """One look in fal's request history for every submit whose answer was lost."""
+    lost = [entry for entry in book.entries() if entry.state in UNCERTAIN]
+    if not lost:
+        _print(f"no submit with a lost answer in {book.path}", file=sys.stderr)
+    for entry in lost:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.sent_at or entry.time))
+        request = JournaledRequest(fal, book, entry.fingerprint, entry.app_id or schema.ENDPOINT,
+                                   deadline=Deadline(None))
+        try:
+            completion = await request.resolve(entry)
+        except FalError as exc:
+            _print(f"{when}  still uncertain: {exc}")
+            continue
+        if completion is None:
+            _print(f"{when}  not accepted by fal: a re-run sends it")
+        else:
+            _print(f"{when}  found: request {completion.handle.request_id}, its result is now in the journal")
+
+
 async def _main(args: argparse.Namespace) -> int:
     report = _Reporter(args.quiet)
     book = Journal(args.journal or default_journal_path())
     if args.command == "journal" and args.spend:
         _print(spend.table(spend.totals(book)))
         return 0
-    if args.command == "journal" and not args.fetch:
+    if args.command == "journal" and not args.fetch and not args.resolve:
         _list_journal(book)
         return 0
     async with FalClient() as fal:
-        if args.command == "journal":
+        if args.command == "journal" and args.resolve:
+            await _resolve_journal(fal, book)
+        elif args.command == "journal":
             await _fetch_from_journal(fal, book, args.fetch, args.output_dir, report)
         elif args.command == "img2img":
             image = _read_image(args.image)
@@ -228,7 +258,7 @@ async def _main(args: argparse.Namespace) -> int:
             if refresh is not None:
                 await refresh
             stem = f"{Path(args.image).stem if not isinstance(image, str) else 'fal'}-{result.handle.request_id[:8]}"
-            paths = await _save(fal, [im.url for im in result.output.images], args.output_dir, stem)
+            paths = await _save(fal, [im.url for im in result.output.images], args.output_dir, stem, book.results)
             report.say(f"done: request {result.handle.request_id}, seed {result.output.seed}")
             for flagged, path in zip(result.output.has_nsfw_concepts, paths):
                 if flagged:

@@ -326,6 +326,10 @@ class FalEmulator:
     def count(self, kind: str) -> int:
         return len(self.calls(kind))
 
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
     def reset(self) -> None:
         with self._lock:
             self._calls.clear()

@@ -29,6 +29,7 @@ from test_fal_nodes import _fake_comfyui
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.02)
 PARAMS = {"prompt": "a lighthouse", "seed": 5}
 RUNS = 3
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -347,6 +348,28 @@ def test_sync_mode_results_live_in_files_not_in_the_journal(fal_emulator, tmp_pa
     calls = len(fal_emulator.calls())
     again = job(fal_emulator, book, params=params)
     assert len(fal_emulator.calls()) == calls and right(again) and right(first)
+
+
+def test_cli_resolves_lost_submits_once_the_history_answers(fal_emulator, tmp_path):
+    book = Journal(tmp_path / "journal.jsonl")
+    fal_emulator.fault("submit", drop="after")
+    fal_emulator.fault("history", status=503, times=99)
+    with pytest.raises(SubmitUncertainError, match="does not list it yet"):
+        job(fal_emulator, book, timeout=0.5)
+    fal_emulator.clear_faults()  # fal's history answers again
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FAL_")}, **fal_emulator.env(),
+           "FAL_JOURNAL": str(book.path)}
+    listing = subprocess.run([sys.executable, "-m", "fal_core", "journal"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert "unknown" in listing.stdout and "(no id: answer lost)" in listing.stdout
+    out = subprocess.run([sys.executable, "-m", "fal_core", "journal", "--resolve"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    request_id = book.entries()[0].request_id
+    assert f"found: request {request_id}" in out.stdout and book.entries()[0].state == "completed"
+    calls = len(fal_emulator.calls())
+    assert right(job(fal_emulator, book)) and fal_emulator.count("submit") == 1
+    assert len(fal_emulator.calls()) == calls + 1  # its download only
 
 
 # --- through the node -------------------------------------------------------------------------
