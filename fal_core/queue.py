@@ -25,7 +25,7 @@ from .errors import (
 from .redaction import excerpt
 from .retry import NO_RETRY, SUBMIT_REFUSED, RetryPolicy
 from .sse import iter_data, iter_lines
-from .status import AppId, LogLine, RequestHandle, Status
+from .status import AppId, LogLine, RequestHandle, Status, check_request_id
 from .transport import Transport
 
 log = logging.getLogger("fal_core")
@@ -162,20 +162,24 @@ class QueueClient:
     def _accepted(self, app_id: str, url: str, response: httpx.Response, fingerprint: str | None) -> RequestHandle:
         """The handle a 2xx submit answer gives: its body, else its ``x-fal-request-id`` header.
 
-        A 2xx means fal took the job: without a readable id it is uncertain, never a failure.
+        A 2xx means fal took the job: without a usable id (none, or one that is not an id and is
+        never used) it is uncertain, never a plain failure that a re-run would pay for again.
         """
         try:
             data = json.loads(response.text)
         except ValueError:
             data = None
-        if isinstance(data, Mapping) and isinstance(data.get("request_id"), str) and data["request_id"]:
-            return RequestHandle.from_submit(self.queue_url, app_id, data)
+        problem = f"fal answered HTTP {response.status_code} without a request id"
+        if isinstance(data, Mapping) and data.get("request_id") not in (None, ""):
+            try:
+                return RequestHandle.from_submit(self.queue_url, app_id, data)
+            except ResponseError as exc:
+                problem = str(exc)
         request_id = response.headers.get("x-fal-request-id", "").strip()
-        if request_id:
-            log.info("fal: the submit answer has no request_id; using its x-fal-request-id header")
+        if request_id and check_request_id(request_id) is None:
+            log.info("fal: the submit answer has no usable request_id; using its x-fal-request-id header")
             return self.handle(app_id, request_id)
-        raise SubmitUncertainError(app_id, f"fal answered HTTP {response.status_code} without a request id",
-                                   url=url, fingerprint=fingerprint)
+        raise SubmitUncertainError(app_id, problem, url=url, fingerprint=fingerprint)
 
     async def status(self, handle: RequestHandle, *, logs: bool = True) -> Status:
         response = await self.transport.request(
