@@ -39,7 +39,7 @@ def quick_history(monkeypatch):
 
 
 def picture(seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, (64, 72, 3), dtype=np.uint8)
 
 
 def client(emu):
@@ -180,7 +180,7 @@ from comfyui_fal_sd3.fal_core.errors import JournalError
 from comfyui_fal_sd3.fal_core.journal import Journal
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no file may grow: a full disk
-picture = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+picture = np.random.default_rng(0).integers(0, 256, (64, 72, 3), dtype=np.uint8)
 async def main():
     async with FalClient() as fal:
         await img2img(fal, picture, {{"prompt": "a lighthouse", "seed": 5}}, journal=Journal({path!r}))
