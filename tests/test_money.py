@@ -399,7 +399,8 @@ def test_through_the_node_each_fault_costs_one_submit(fal_env, monkeypatch, faul
         assert np.array_equal((images[0] * 255).round().to(torch.uint8).numpy(), expected_output(picture(), 0, None))
     assert fal_env.accepted() == 1
     if faults and faults[0][0] == "submit":
-        assert any("submit answer lost, checking fal's request history…" in text for text in shown["text"])
+        # The front end draws this phase as "submit answer lost, checking fal's request history…".
+        assert any(item["phase"] == "checking_history" for event in shown["events"] for item in event["items"])
     journal = Path(os.environ["FAL_SD3_STATE_DIR"]) / "journal.jsonl"
     assert "base64" not in journal.read_text()
 

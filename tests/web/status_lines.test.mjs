@@ -24,8 +24,10 @@ test("a running request shows its phase, queue position, request id, log line an
 test("position 0 reads next in queue, and a phase without a label is still shown", () => {
   const next = statusLines(event("3", [item("in_queue", { queue_position: 0, request_id: "r" })]));
   assert.deepEqual(texts(next), ["fal · 3.2 s", "next in queue · r"]);
+  const unknown = statusLines(event("3", [item("warming_up")]));
+  assert.deepEqual(texts(unknown), ["fal · 3.2 s", "warming up"]);
   const lost = statusLines(event("3", [item("checking_history")]));
-  assert.deepEqual(texts(lost), ["fal · 3.2 s", "checking history"]);
+  assert.deepEqual(texts(lost), ["fal · 3.2 s", "submit answer lost, checking fal's request history…"]);
 });
 
 test("a batch of three shows a line per request", () => {
