@@ -7,7 +7,7 @@ its end.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from .errors import ResponseTooLarge
 
@@ -55,7 +55,7 @@ async def iter_data(lines: AsyncIterator[str], *, max_bytes: int = MAX_EVENT_BYT
             continue
         name, _, value = line.partition(":")
         if name == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
+            data.append(value.removeprefix(" "))
             size += len(data[-1]) + 1
             if size > max_bytes:
                 raise ResponseTooLarge(f"The status stream sent an event of over {max_bytes:,} bytes; "

@@ -11,12 +11,10 @@ is refused with a 400 naming the input instead of running with a guess.
 from __future__ import annotations
 
 import functools
-import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from . import comfy
-
-log = logging.getLogger("fal_sd3")
 
 TRUE = frozenset({"true", "1", "yes", "on"})
 FALSE = frozenset({"false", "0", "no", "off"})
@@ -40,7 +38,7 @@ def read_boolean(value: str) -> bool | NotABoolean:
     return NotABoolean(value)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def boolean_inputs(node_class: type) -> frozenset[str]:
     """The names of a node's BOOLEAN inputs (they do not change while ComfyUI runs)."""
     declared = node_class.INPUT_TYPES()
