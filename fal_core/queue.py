@@ -157,6 +157,9 @@ class QueueClient:
                 raise
             raise SubmitUncertainError(app.full, f"HTTP {exc.status_code}: {str(exc.detail)[:120]}", url=url,
                                        fingerprint=fingerprint, request_id=exc.request_id) from None
+        except ResponseTooLarge as exc:
+            # A 2xx answer too large to read: fal took the job all the same.
+            raise SubmitUncertainError(app.full, str(exc), url=url, fingerprint=fingerprint) from None
         return self._accepted(app.full, url, response, fingerprint)
 
     def _accepted(self, app_id: str, url: str, response: httpx.Response, fingerprint: str | None) -> RequestHandle:

@@ -14,7 +14,7 @@ from PIL import Image
 from comfyui_fal_sd3.fal_core import redaction
 from comfyui_fal_sd3.fal_core.config import Secret
 from comfyui_fal_sd3.fal_core.errors import (
-    AppError, AuthError, FalError, HTTPStatusError, InputError, ResponseError, TransportError,
+    AppError, AuthError, FalError, HTTPStatusError, InputError, ResponseError, SubmitUncertainError, TransportError,
 )
 from comfyui_fal_sd3.fal_core.schema import ImageSize
 from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img
@@ -359,3 +359,13 @@ def test_a_boolean_sent_as_text_through_prompt_is_read_or_refused_never_flipped(
     with pytest.raises(ValueError, match="'maybe' is not a boolean"):
         bool(inputs["force_new_request"])
     assert json.loads(json.dumps(inputs))["force_new_request"] == "maybe"  # ComfyUI's answer can show it
+
+
+def test_an_oversized_submit_answer_is_an_uncertain_submit_never_paid_twice(fal_env, caplog):
+    """fal took the job: it is looked up in fal's history like a lost answer, never sent again."""
+    fal_env.fault("submit", pad=20 * 1024 * 1024)
+    pic = picture()
+    for _ in range(2):
+        images, *_ = asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(pic)}))
+        assert np.array_equal(as_uint8(images)[0], expected_output(pic, 0, None))
+    assert fal_env.count("submit") == 1
