@@ -15,6 +15,7 @@ const FONT = "12px sans-serif";
 const LINE_HEIGHT = 15;
 const PADDING = 5;
 const MARGIN = 15;  // ComfyUI's widgets keep this much from the node's sides
+const PRICE_RETRY_MS = 5000;
 
 // Exported for the browser test, which reads what a node shows.
 export const board = new StatusBoard();
@@ -35,9 +36,12 @@ function keyEntry() {
   }, { width: "16em" });
   input.setAttribute("aria-label", "fal API key");
   const buttons = ["Save", "Test", "Clear"].map((label) => {
-    const button = element("button", { type: "button", textContent: label }, { marginLeft: "0.4em" });
-    button.className = "p-button p-component p-button-sm";
-    return button;
+    // Styled here: newer front ends no longer style PrimeVue's button classes in settings.
+    return element("button", { type: "button", textContent: label }, {
+      marginLeft: "0.4em", padding: "0.3em 0.9em", borderRadius: "6px", cursor: "pointer",
+      border: "1px solid var(--border-color, #4b4b4b)", background: "var(--comfy-input-bg, #222)",
+      color: "var(--input-text, #ddd)", font: "inherit",
+    });
   });
   const [save, test, clear] = buttons;
   test.title = "Ask fal whether the key in the field (or, with an empty field, the key in use) is accepted; runs no job.";
@@ -304,9 +308,15 @@ app.registerExtension({
       app.graph?.setDirtyCanvas(true, false);
     });
     // The price is asked again at every run; the badges show the published one until it answers.
-    const refresh = () => prices.refresh().then(() => app.graph?.setDirtyCanvas(true, false));
+    const refresh = () => prices.refresh().then((price) => {
+      app.graph?.setDirtyCanvas(true, false);
+      return price;
+    });
     api.addEventListener("execution_start", refresh);
-    refresh();
+    // A server that just started may still be asking fal: ask once more a little later.
+    refresh().then((price) => {
+      if (price.source === "published") setTimeout(refresh, PRICE_RETRY_MS);
+    });
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
