@@ -122,3 +122,14 @@ def test_bad_or_missing_ids_are_refused_before_any_call(node_env):
 def test_an_unknown_id_says_what_fal_answered(node_env):
     with pytest.raises(Exception, match="404"):
         recover("0b9d7a4e-0000-4000-8000-000000000000")
+
+
+def test_a_sync_mode_result_kept_as_files_beside_the_journal_is_recovered(node_env):
+    """With sync_mode fal answers data URIs; the journal keeps them as files, not megabytes in a line."""
+    _, _, _, response = asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "sync_mode": True}, image=tensor(picture(6))))
+    rid = json.loads(response)[0]["request_id"]
+    calls = len(node_env.calls())
+    images, _ = recover(rid)
+    for k in range(2):
+        assert np.array_equal(pixels(images)[k], expected_output(picture(6), k, None))
+    assert len(node_env.calls()) == calls
