@@ -94,6 +94,10 @@ class Background:
                 outcome.exception()  # retrieved: the caller's cancellation is what goes on
             raise
 
+    def soon(self, function: Callable[..., Any], *args: Any) -> None:
+        """Call the plain function ``function(*args)`` on the background loop; no waiting."""
+        self.loop.call_soon_threadsafe(function, *args)
+
     def relay(self, callback: Callable[..., None]) -> Callable[..., None]:
         """``callback`` made callable from the background loop: it runs on the caller's loop
         (the one running now), in order, after what the caller has already scheduled."""

@@ -110,7 +110,7 @@ class FalSD3Img2Img:
                   image_size=None, image_format="png", timeout=600, force_new_request=False, unique_id=None):
         # Imported here, not at the top: ComfyUI imports every pack at start-up, and httpx and
         # the codecs are only needed once a fal node runs.
-        from ..fal_core.img2img import DEFAULT_CONCURRENCY, img2img_batch
+        from ..fal_core.img2img import DEFAULT_CONCURRENCY, img2img_batch, preconnect
         from . import session
         from .session import client, engine, journal, result_files
 
@@ -156,12 +156,14 @@ class FalSD3Img2Img:
         cost = {"amount": round(price.cost(num_images), 6), "currency": price.currency, "source": price.source}
         status.cost = cost
         try:
+            # The first connections open now, while the journal is read and the pictures encoded.
+            fal, background = client(), engine()
+            background.soon(preconnect, fal, params, min(len(sources), DEFAULT_CONCURRENCY))
             # Pruned here rather than at start-up: the pack's import must stay free of disk work.
             await asyncio.to_thread(lambda: (book.prune(), downloads.prune(),
                                              session.check_budget(book, cost["amount"] * len(sources), price.currency)))
             # The requests run on the pack's own loop: its connections outlive this prompt's loop.
             # Updates come back to this loop, where ComfyUI's progress and events are sent.
-            fal, background = client(), engine()
             batch = asyncio.ensure_future(background.call(
                 img2img_batch, fal, sources, params, concurrency=DEFAULT_CONCURRENCY,
                 on_update=background.relay(on_update), image_format=image_format, timeout=timeout or None,

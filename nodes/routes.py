@@ -303,6 +303,12 @@ async def _refresh_price_at_start(app) -> None:
     refresh_price_in_background(ENDPOINT)
 
 
+async def _prepare_at_start(app) -> None:
+    from . import session
+
+    session.prepare()
+
+
 def register() -> None:
     """Add the routes to ComfyUI's server; a no-op outside ComfyUI (tests, other hosts).
 
@@ -314,3 +320,4 @@ def register() -> None:
         app = getattr(server, "app", None)
         if app is not None:
             app.on_startup.append(_refresh_price_at_start)
+            app.on_startup.append(_prepare_at_start)

@@ -5,7 +5,9 @@ outlive each prompt."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from pathlib import Path
 from typing import Mapping
 
@@ -28,6 +30,24 @@ def config(env: Mapping[str, str] | None = None, key_file: Path | None = None) -
     key saved in the settings takes effect without a restart."""
     return FalConfig.from_env(env, key_file=key_file or comfy.key_file(), missing_key_hint=KEY_HINT,
                               key_place=KEY_PLACE)
+
+
+def prepare() -> threading.Thread:
+    """Load what a fal run needs and start the background loop, in a daemon thread, sending
+    nothing. ComfyUI's server calls it at start, so that the first run does not pay for it
+    (about 250 ms: httpx and the codecs, the TLS context, the loop)."""
+    thread = threading.Thread(target=_prepare, name="fal_sd3-prepare", daemon=True)
+    thread.start()
+    return thread
+
+
+def _prepare() -> None:
+    import anyio
+    from PIL import PngImagePlugin  # noqa: F401  (results are PNG)
+
+    from ..fal_core import img2img  # noqa: F401
+    # httpcore's network backend loads anyio's asyncio support on its first call.
+    asyncio.run_coroutine_threadsafe(anyio.sleep(0), engine().loop).result()
 
 
 def engine() -> Background:

@@ -155,3 +155,11 @@ def test_the_tls_path_with_the_test_ca(monkeypatch):
         assert np.array_equal(result.images[0], expected_output(picture(), 0, None))
         assert emu.connections() == {"api": 1, "cdn": 1}
         assert json.loads(json.dumps(result.raw))["images"][0]["url"].startswith(emu.cdn_url)
+
+
+def test_preparing_at_start_loads_the_run_and_sends_nothing(fal_env):
+    from comfyui_fal_sd3.nodes import session
+
+    session.prepare().join(30)
+    assert session.engine().loop.is_running()
+    assert fal_env.connections() == {"api": 0, "cdn": 0} and fal_env.calls() == []
