@@ -165,8 +165,6 @@ class Counter:
         job()
         wall = time.perf_counter() - start
         requests = len(self.http.get("/_emulator/calls").json())
-        if os.environ.get("BENCH_DEBUG"):
-            print(f"{wall - JOB_SECONDS:.3f} {requests} {self.connections() - opened}", file=sys.stderr)
         return wall - JOB_SECONDS, requests, self.connections() - opened
 
 
