@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import httpx
 from PIL import Image
 
 import network
