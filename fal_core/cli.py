@@ -152,7 +152,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 def _file_stem(text: str) -> str:
     """A name that stays inside the output folder: a request id (from fal, the journal or the
     command line) is never taken as a path."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text)[:80] or "fal"
+    return re.sub(r"[^\w-]", "_", text)[:80] or "fal"
 
 
 async def _save(fal: FalClient, urls: Sequence[str], out_dir: Path, stem: str,

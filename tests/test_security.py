@@ -369,3 +369,19 @@ def test_an_oversized_submit_answer_is_an_uncertain_submit_never_paid_twice(fal_
         images, *_ = asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(pic)}))
         assert np.array_equal(as_uint8(images)[0], expected_output(pic, 0, None))
     assert fal_env.count("submit") == 1
+
+
+def test_the_editor_routes_answers_never_hold_a_key_fal_echoed(fal_emulator, monkeypatch, tmp_path):
+    """The key test and the price routes quote fal's answers (refusals included) to the page."""
+    from test_editor_routes import call as route_call
+    monkeypatch.setenv("FAL_SD3_STATE_DIR", str(tmp_path / "state"))
+    fal_emulator.key = KEY
+    fal_emulator.echo_key = True
+    wrong = f"{KEY_ID}:{KEY_SECRET[::-1]}"  # a refused key, echoed back in the 401 too
+    answers = route_call({**fal_emulator.env()}, ("POST", "/fal/key/test", {}, None),
+                         ("POST", "/fal/key/test", {"key": wrong}, None), ("GET", "/fal/price", None, None),
+                         pause=0.3)
+    answers += route_call({**fal_emulator.env()}, ("GET", "/fal/price", None, None))
+    assert answers[0][1]["ok"] is True and answers[1][1]["status"] == 401 and "***" in answers[1][1]["message"]
+    text = json.dumps([body for _, body, _ in answers])
+    assert not leaked(text) and not leaked(text, wrong)
