@@ -379,7 +379,6 @@ def test_one_status_inside_the_node_a_batch_of_three_its_summary_and_a_long_erro
 def test_a_run_past_the_daily_budget_is_refused_with_the_whole_reason_on_the_node(comfyui, emulator, key_saved,
                                                                                  tmp_path):
     url = comfyui["url"]
-    assert httpx.post(url + "/fal/budget", json={"daily_budget": 0.01}, timeout=10).status_code == 200
     submits = emulator.count("submit")
     workflow = template()
     next(n for n in workflow["nodes"] if n["id"] == 3)["widgets_values"][4] = 2000  # never run before
@@ -387,16 +386,28 @@ def test_a_run_past_the_daily_budget_is_refused_with_the_whole_reason_on_the_nod
     async def scenario():
         async with chromium_page(tmp_path / "profile", height=1300) as page:
             await open_editor(page, url)
+            # Set in the settings dialog, beside the key.
+            await open_key_setting(page)
+            budget_input = "document.querySelector('input[aria-label=\"fal daily budget\"]')"
+            budget_status = "document.querySelector('.fal-budget-entry .fal-budget-status')?.textContent"
+            assert (await page.wait_for(budget_status)).startswith("No daily budget; spent today: $")
+            await page.evaluate(f"{budget_input}.focus()")
+            await page.type_text("0.01")
+            await page.evaluate("document.querySelector('.fal-budget-entry button').click()")
+            saved = await page.wait_for(f"{budget_status}?.startsWith('Saved') && {budget_status}")
+            await page.screenshot(tmp_path / "budget_setting.png")
+            await page.press("Escape", "Escape", 27)
             await load(page, workflow)
             _, refused = await run_and_watch(page, comfyui)
             await close_dialogs(page)
             await page.screenshot(tmp_path / "budget_refused.png")
-            return refused
+            return saved, refused
 
     try:
-        refused = asyncio.run(scenario())
+        saved, refused = asyncio.run(scenario())
     finally:
         httpx.post(url + "/fal/budget", json={"daily_budget": None}, timeout=10)
+    assert saved.startswith("Saved. Daily budget $0.01; spent today: $")
     assert emulator.count("submit") == submits  # refused before anything was sent
     text = " ".join(refused["lines"][1:])
     assert refused["lines"][0].startswith("failed after") and set(refused["tones"]) == {"error"}

@@ -1,8 +1,9 @@
-// The pack's front end: the fal key entry in Settings > fal, the status and price badge of
+// The pack's front end: the fal key and daily budget entries in Settings > fal, the status and price badge of
 // SD3 Img2Img (fal) nodes, and SD3 Image Size's widgets and title. The logic lives in ./lib
 // (tested with node --test); this file only ties it to ComfyUI's app, api and canvas.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { BudgetClient } from "./lib/budget_setting.js";
 import { KeyClient } from "./lib/key_setting.js";
 import { PriceClient, badgeText, countPictures } from "./lib/price.js";
 import { StatusBoard, sourceProblem, wrapLines } from "./lib/status_lines.js";
@@ -27,6 +28,50 @@ function element(tag, properties = {}, style = {}) {
   return node;
 }
 
+// Styled here: newer front ends no longer style PrimeVue's button classes in settings.
+function button(label) {
+  return element("button", { type: "button", textContent: label }, {
+    marginLeft: "0.4em", padding: "0.3em 0.9em", borderRadius: "6px", cursor: "pointer",
+    border: "1px solid var(--border-color, #4b4b4b)", background: "var(--comfy-input-bg, #222)",
+    color: "var(--input-text, #ddd)", font: "inherit",
+  });
+}
+
+/** The line under a settings entry, and the function that shows a {message, isError} on it. */
+function messageLine(className) {
+  const line = element("div", { className },
+    { fontSize: "0.85em", marginTop: "0.3em", whiteSpace: "normal", overflowWrap: "anywhere" });
+  const show = ({ message, isError }) => {
+    line.textContent = message;
+    line.style.color = isError ? TONES.error : "";
+  };
+  return [line, show];
+}
+
+// The daily budget lives in the pack's state folder (budget.json), read by every run, headless
+// ones too; like the key entry, ComfyUI stores nothing for this custom renderer.
+function budgetEntry() {
+  const client = new BudgetClient((route, options) => api.fetchApi(route, options));
+  const input = element("input", { type: "text", inputMode: "decimal", placeholder: "dollars, empty for none" },
+    { width: "10em" });
+  input.setAttribute("aria-label", "fal daily budget");
+  const save = button("Save");
+  const [line, show] = messageLine("fal-budget-status");
+  const answer = (result) => {
+    if (!result.isError) input.value = result.limit == null ? "" : String(result.limit);
+    show(result);
+  };
+  const submit = async () => answer(await client.save(input.value));
+  save.addEventListener("click", submit);
+  input.addEventListener("keydown", (event) => { if (event.key === "Enter") submit(); });
+  client.status().then(answer);
+  const row = element("div", {}, { display: "flex", alignItems: "center" });
+  row.append(input, save);
+  const root = element("div", { className: "fal-budget-entry" });
+  root.append(row, line);
+  return root;
+}
+
 // The settings entry is a custom renderer whose setter is never called: ComfyUI stores nothing
 // for it, so the key never reaches comfy.settings.json (served to anyone by GET /settings).
 function keyEntry() {
@@ -35,22 +80,10 @@ function keyEntry() {
     type: "password", placeholder: "key_id:key_secret", autocomplete: "off", spellcheck: false,
   }, { width: "16em" });
   input.setAttribute("aria-label", "fal API key");
-  const buttons = ["Save", "Test", "Clear"].map((label) => {
-    // Styled here: newer front ends no longer style PrimeVue's button classes in settings.
-    return element("button", { type: "button", textContent: label }, {
-      marginLeft: "0.4em", padding: "0.3em 0.9em", borderRadius: "6px", cursor: "pointer",
-      border: "1px solid var(--border-color, #4b4b4b)", background: "var(--comfy-input-bg, #222)",
-      color: "var(--input-text, #ddd)", font: "inherit",
-    });
-  });
+  const buttons = ["Save", "Test", "Clear"].map(button);
   const [save, test, clear] = buttons;
   test.title = "Ask fal whether the key in the field (or, with an empty field, the key in use) is accepted; runs no job.";
-  const line = element("div", { className: "fal-key-status" },
-    { fontSize: "0.85em", marginTop: "0.3em", whiteSpace: "normal", overflowWrap: "anywhere" });
-  const show = ({ message, isError }) => {
-    line.textContent = message;
-    line.style.color = isError ? TONES.error : "";
-  };
+  const [line, show] = messageLine("fal-key-status");
   const submit = async () => {
     const answer = await client.save(input.value);
     // A saved key leaves the field; a refused one stays there to be corrected.
@@ -298,6 +331,14 @@ app.registerExtension({
     tooltip: "Kept in a file in ComfyUI's user folder, never in a workflow or a setting. "
       + "FAL_KEY in ComfyUI's environment wins over it.",
     type: keyEntry,
+    defaultValue: "",
+  }, {
+    id: "fal_sd3.daily_budget",
+    category: ["fal", "Daily budget"],
+    name: "Daily budget (USD)",
+    tooltip: "A run that would take today's fal spend past it is refused before anything is sent. "
+      + "FAL_SD3_DAILY_BUDGET in ComfyUI's environment wins over it.",
+    type: budgetEntry,
     defaultValue: "",
   }],
 
