@@ -62,9 +62,10 @@ def _patcher_class(model_patcher):
 
         def partially_unload(self, device_to, memory_to_free=0):
             if self.load_device.type == "cpu" and self.release is not None:
+                # ComfyUI asks for part of a model only when that part is smaller than the model.
                 freed = self.loaded_size()
                 self.release()
-                return max(freed, memory_to_free)
+                return freed
             return super().partially_unload(device_to, memory_to_free)
 
     return PipelinePatcher
@@ -73,8 +74,8 @@ def _patcher_class(model_patcher):
 class Managed:
     """The pipeline's components as ComfyUI models; ``ready`` loads some onto the device before they run."""
 
-    def __init__(self, pipe, device: torch.device, on_release: Callable[[], None]) -> None:
-        mm, mp = comfy.model_management_modules()
+    def __init__(self, comfy_modules: tuple, pipe, device: torch.device, on_release: Callable[[], None]) -> None:
+        mm, mp = comfy_modules
         patcher_class = _patcher_class(mp)
         self._mm = mm
         self.patchers: dict[str, Any] = {}

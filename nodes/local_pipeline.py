@@ -228,7 +228,6 @@ class PipelineCache:
         self.placement: Placement | None = None
         self.prompts = local_prompt.PromptCache()
         self.loads = 0
-        self.releases = 0
 
     def get(self, source: ModelSource, options: LoadOptions):
         key = (source.key, options)
@@ -236,15 +235,15 @@ class PipelineCache:
             self.release()
             self._retired = None
             placement = place(source, options)
-            managed = local_memory.manages(placement.offload)
-            if not managed:
+            modules = comfy.model_management_modules() if local_memory.manages(placement.offload) else None
+            if modules is None:
                 # diffusers' offload places weights on the GPU behind ComfyUI's back: make room first.
                 comfy.free_models()
             started = time.monotonic()
             self._pipe = self._loader(source, options)
             self._key, self.placement = key, placement
-            if managed:
-                self._managed = local_memory.Managed(self._pipe, placement.device, self._released_by_comfyui)
+            if modules is not None:
+                self._managed = local_memory.Managed(modules, self._pipe, placement.device, self._released_by_comfyui)
             self.loads += 1
             log.info("SD3 Img2Img (local): loaded %s in %.1f s", source.path, time.monotonic() - started)
         return self._pipe
@@ -274,7 +273,6 @@ class PipelineCache:
         self._retired = self._managed
         self._pipe = self._key = self._managed = self.placement = None
         self.prompts = local_prompt.PromptCache()
-        self.releases += 1
         gc.collect()
         local_memory.trim_heap()
         if torch.cuda.is_available():
