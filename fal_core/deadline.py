@@ -9,6 +9,9 @@ from typing import Awaitable, TypeVar
 from .errors import RequestTimeout
 
 T = TypeVar("T")
+# A result fal completed at the deadline (our cancel came too late) is paid: fetching and
+# downloading it get this long rather than being dropped.
+LATE_GRACE = 30.0
 
 
 class Deadline:

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import schema
 from .client import FalClient
-from .deadline import Deadline
+from .deadline import LATE_GRACE, Deadline
 from .files import fetch_image
 from .images import encode, image_dimensions, sniff_mime
 from .journal import Journal, ResultFiles, fingerprint
@@ -26,9 +26,6 @@ from .status import RequestHandle, Status
 # An image is an (H,W,C) uint8 array, encoded bytes, or a URL fal can read (http(s) or data:).
 ImageInput = Union[np.ndarray, bytes, str]
 DEFAULT_CONCURRENCY = 4
-# A result collected at the deadline (fal completed it before our cancel) is paid: it gets this
-# long to download rather than being dropped.
-LATE_DOWNLOAD_GRACE = 30.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ async def img2img(
     if decode:
         notify(Update(request_id, "downloading", elapsed=deadline.elapsed()))
         kept = "Its result is kept in the journal: a re-run downloads it again without paying. " if journal else ""
-        images = list(await deadline.or_grace(LATE_DOWNLOAD_GRACE).bound(asyncio.gather(*(
+        images = list(await deadline.or_grace(LATE_GRACE).bound(asyncio.gather(*(
             fetch_image(client.transport, item.url, store=store,
                         what=f"result image {i + 1} of request {request_id}")
             for i, item in enumerate(output.images))), f"download of the results of request {request_id}", kept))

@@ -32,7 +32,7 @@ import time
 from typing import Any, Awaitable, Callable, Mapping
 
 from .client import FalClient
-from .deadline import Deadline
+from .deadline import LATE_GRACE, Deadline
 from .errors import (
     AppError, AuthError, FalError, HTTPStatusError, JournalError, RequestCancelled, RequestError, RequestTimeout,
     ResultError, ResultGoneError, SubmitUncertainError, ValidationError,
@@ -177,10 +177,23 @@ class JournaledRequest:
     async def _follow(self, handle: RequestHandle, known: HistoryItem | None = None) -> Completion:
         """Wait for ``handle`` and fetch its result, every ending written to the journal."""
         try:
-            completion = await self.client.queue.complete(
+            status = await self.client.queue.wait(
                 handle, on_update=self.on_update, should_cancel=self.should_cancel,
                 timeout=self.deadline.left(), started=self.deadline.started)
-        except RequestTimeout:
+            # Completed, so paid: past the deadline now (a cancel that came too late) it still
+            # gets LATE_GRACE; a timeout here leaves it pending, for a re-run to fetch.
+            output = await self.deadline.or_grace(LATE_GRACE).bound(
+                self.client.queue.final_result(handle), f"fetch of the result of request {handle.request_id}",
+                "It completed at fal and stays in the journal: a re-run fetches it without paying. ")
+            completion = Completion(handle, status, output)
+        except RequestTimeout as exc:
+            if exc.request_id is None:
+                # The result's fetch ran out of time, not the wait: fal's history may hold the
+                # output (a result that keeps failing); else it stays pending for a re-run.
+                recovered = await Deadline(LATE_GRACE).bound(self._from_history(handle, known), "history lookup")
+                if recovered is not None:
+                    return recovered
+                raise
             late = await asyncio.shield(self._late_completion(handle))
             if late is not None:
                 return late

@@ -325,8 +325,12 @@ class QueueClient:
         keeps it) stays an HTTPStatusError, and a refused key an AuthError.
         """
         status = await self.wait(handle, **wait_options)
+        return Completion(handle, status, await self.final_result(handle))
+
+    async def final_result(self, handle: RequestHandle) -> Any:
+        """The result of a request fal reported COMPLETED; the errors as in :meth:`complete`."""
         try:
-            output = await self.result(handle)
+            return await self.result(handle)
         except (AuthError, ValidationError):
             raise
         except HTTPStatusError as exc:
@@ -334,7 +338,6 @@ class QueueClient:
                 raise
             raise ResultError(f"fal completed request {handle.request_id}, but its result could not be fetched: "
                               f"{exc}", request_id=handle.request_id) from None
-        return Completion(handle, status, output)
 
     async def _follow(self, handle: RequestHandle, tracker: _Tracker, *, logs: bool, stream: bool) -> Status:
         failures = 0

@@ -338,6 +338,22 @@ def test_one_deadline_bounds_a_slow_download_and_the_rerun_reuses_the_result(fal
     assert fal_emulator.accepted() == 1
 
 
+def test_one_deadline_bounds_a_slow_result_and_the_rerun_fetches_it(fal_emulator, tmp_path):
+    book = Journal(tmp_path / "journal.jsonl")
+    fal_emulator.fault("result", delay=5.0)
+    fal_emulator.fault("history", status=403)
+    start = time.monotonic()
+    with pytest.raises(RequestTimeout, match="fetch of the result .* a re-run fetches it without paying"):
+        job(fal_emulator, book, timeout=1.0)
+    assert time.monotonic() - start < 1.6
+    assert book.entries()[0].state == "pending" and fal_emulator.count("cancel") == 0
+    assert right(job(fal_emulator, book, timeout=1.0))
+    assert fal_emulator.accepted() == 1
+    # With fal's history readable, the timed-out fetch is answered from there at once.
+    fal_emulator.fault("result", delay=5.0)
+    assert right(job(fal_emulator, book, timeout=1.0, force_new=True)) and fal_emulator.accepted() == 2
+
+
 def test_sync_mode_results_live_in_files_not_in_the_journal(fal_emulator, tmp_path):
     book = Journal(tmp_path / "journal.jsonl")
     params = {**PARAMS, "sync_mode": True}
@@ -382,6 +398,7 @@ NODE_FAULTS = [
     ("504 after accepting", [("submit", dict(status=504, accept=True))], {}),
     ("cancel racing completion at the timeout", [("cancel", dict(complete=True))], {"job_seconds": 5, "timeout": 1}),
     ("result gone (404) after COMPLETED", [("result", dict(status=404, request_id_header=True, times=9))], {}),
+    ("result 5xx after COMPLETED, for good", [("result", dict(status=500, request_id_header=True, times=9))], {}),
     ("sync_mode result", [], {"sync_mode": True}),
 ]
 
@@ -432,3 +449,19 @@ def test_through_the_node_interrupt_after_completion_keeps_the_result(fal_env, m
     states = [json.loads(line)["state"] for line in
               (Path(os.environ["FAL_SD3_STATE_DIR"]) / "journal.jsonl").read_text().splitlines()]
     assert states[-1] == "completed" and "cancelled" not in states
+
+
+def test_through_the_node_a_torn_journal_line_and_a_slow_download_cost_one_submit(fal_env):
+    journal = Path(os.environ["FAL_SD3_STATE_DIR"]) / "journal.jsonl"
+    journal.parent.mkdir(parents=True)
+    journal.write_bytes(b'{"fingerprint":"crashed","state":"pen')  # a crash mid-write
+    fal_env.fault("file", delay=5.0)
+    image = torch.from_numpy(picture()[None]).float() / 255
+    start = time.monotonic()
+    with pytest.raises(RequestTimeout, match="download of the results"):
+        asyncio.run(FalSD3Img2Img().run(**NODE, image=image, timeout=1))
+    assert time.monotonic() - start < 1.8
+    for _ in range(RUNS):
+        images, *_ = asyncio.run(FalSD3Img2Img().run(**NODE, image=image, timeout=1))
+        assert np.array_equal((images[0] * 255).round().to(torch.uint8).numpy(), expected_output(picture(), 0, None))
+    assert fal_env.accepted() == 1
