@@ -529,3 +529,15 @@ def test_embeddings_are_dropped_with_the_pipeline(node, tiny_model):
     assert node.cache.prompts.encodes == 1 and node.cache.loads == 2
     node.cache.release()
     assert node.cache.prompts.encodes == 0 and node.cache._pipe is None
+
+
+def test_the_picture_is_encoded_in_the_vaes_dtype_on_its_device(node, tiny_model, monkeypatch):
+    monkeypatch.setattr(local_pipeline, "cpu_bf16", lambda: "avx512_bf16")
+    run(node, tiny_model, device="cpu", num_inference_steps=1)
+    pipe, seen = node.cache._pipe, []
+    hook = pipe.vae.encoder.register_forward_pre_hook(lambda module, args: seen.append((args[0].dtype, args[0].device)))
+    try:
+        run(node, tiny_model, device="cpu")
+    finally:
+        hook.remove()
+    assert seen == [(pipe.vae.dtype, pipe.vae.device)] and pipe.vae.dtype == torch.bfloat16
