@@ -129,3 +129,23 @@ def test_interrupt_cancels_the_request_at_fal(comfyui, emulator):
         assert "execution_interrupted" in messages
     finally:
         emulator.job_seconds = 0.3
+
+
+@pytest.mark.parametrize("seed, fault", [
+    (901, dict(drop="after")),                       # fal accepted, its answer was lost
+    (902, dict(status=504, accept=True)),            # a gateway gave up after fal took it
+    (903, dict(hide_request_id=True)),               # 2xx without request_id or header
+])
+def test_a_lost_submit_answer_costs_one_submit_in_a_real_comfyui(comfyui, emulator, seed, fault):
+    accepted = emulator.accepted()
+    emulator.fault("submit", **fault)
+    prompt = json.loads((API_EXAMPLES / "sd3_img2img_fal.json").read_text())
+    node = next(n for n in prompt.values() if n["class_type"] == "FalSD3Img2Img")
+    node["inputs"]["seed"] = seed  # a job of its own: ComfyUI's cache cannot answer it
+    entry = wait_history(comfyui["url"], queue_prompt(comfyui["url"], prompt))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    saved = [img for out in entry["outputs"].values() for img in out.get("images", [])]
+    path = comfyui["base"] / "output" / saved[0].get("subfolder", "") / saved[0]["filename"]
+    assert np.array_equal(np.asarray(Image.open(path).convert("RGB")),
+                          expected_output(comfyui["picture"], 0, (1024, 1024)))
+    assert emulator.accepted() == accepted + 1 and emulator.count("history") >= 1
