@@ -18,9 +18,10 @@ from .errors import ResponseError
 from .journal import describe
 from .transport import Transport
 
-PAGE_SIZE = 100
+# Small pages: with payloads, each item carries its input, and an inline picture is up to 1.4 MB.
+PAGE_SIZE = 10
 # A hostile or broken answer may claim more pages forever; a real window never needs this many.
-MAX_PAGES = 50
+MAX_PAGES = 200
 
 
 @dataclass(frozen=True)

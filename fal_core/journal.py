@@ -1,9 +1,9 @@
 """The request journal: every paid request is written down before it is sent, so a crash, a
 lost answer, a restart or a timeout never loses a result and a re-run never pays twice.
 
-One JSON object per line, appended (never rewritten in place) under an exclusive lock and
-flushed to disk (fsync) before the call it announces, so two processes can share a journal and
-a power cut cannot lose the record of a submit. A request is identified by the fingerprint of
+One JSON object per line, appended (never rewritten in place) under an exclusive lock, so two
+processes can share a journal; the records of a submit (``sending``, ``pending``) are flushed to
+disk (fsync) before the call they announce goes on, so a power cut cannot lose them. A request is identified by the fingerprint of
 the exact job (app, every field, seed included, and the input picture's content).
 
 Records (``time`` is the wall clock in seconds; later records of a fingerprint add to and
@@ -209,6 +209,8 @@ class Journal:
         return result
 
     def _append(self, fp: str, state: str, **facts: Any) -> None:
+        """Append one record; those that announce a submit (``sending``) or hold fal's request id
+        (``pending``) are flushed to disk before this returns: a power cut must not lose them."""
         record = {"fingerprint": fp, "state": state, "time": time.time(),
                   **{k: v for k, v in facts.items() if v is not None}}
         line = _line(record)
@@ -225,7 +227,8 @@ class Journal:
                     view = memoryview(line)
                     while view:
                         view = view[os.write(fd, view):]
-                    os.fsync(fd)
+                    if state in (SENDING, PENDING):
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
         except OSError as exc:
