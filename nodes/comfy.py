@@ -48,22 +48,20 @@ def is_interrupt(exc: BaseException) -> bool:
 
 
 class Progress:
-    """ComfyUI's progress bar and the text shown on the node, or nothing outside ComfyUI."""
+    """ComfyUI's progress bar, or nothing outside ComfyUI.
+
+    No progress text: front end 1.27 saves that text as a widget value, which shifts a node's
+    saved values on reopening; the pack draws its own status instead.
+    """
 
     def __init__(self, total: int, node_id: str | None) -> None:
         utils = _module("comfy.utils")
         self._bar = utils.ProgressBar(total, node_id=node_id) if utils and node_id is not None else None
-        self._node_id = node_id
 
     def update(self, value: int, total: int | None = None) -> None:
         if self._bar is not None:
             # ComfyUI's hook raises its interrupt exception from here when Cancel was pressed.
             self._bar.update_absolute(value, total)
-
-    def text(self, message: str) -> None:
-        server = server_instance()
-        if server is not None and self._node_id is not None:
-            server.send_progress_text(message, self._node_id)
 
 
 def server_instance():

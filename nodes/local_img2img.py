@@ -161,6 +161,5 @@ class DiffusersSD3Img2Img:
         # second guard) the flag is checked here. Raising from the step callback also skips the VAE
         # decode of half-denoised latents.
         bar.update(index * steps + step, count * steps)
-        bar.text(f"local SD3 · picture {index + 1}/{count} · step {step}/{steps}")
         if comfy.interrupted():
             raise comfy.interrupt_exception()
