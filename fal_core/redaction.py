@@ -26,20 +26,23 @@ MIN_PART = 6
 
 _lock = threading.Lock()
 _parts: set[str] = set()
+# Replaced whole (never changed in place), so readers on other threads need no lock.
+_ordered: tuple[str, ...] = ()
 _pattern: re.Pattern[str] | None = None
 
 
 def register(key: str) -> None:
     """Redact ``key`` (and its halves) from now on, in this process."""
-    global _pattern
+    global _pattern, _ordered
     parts = {p for p in (key, *key.split(":")) if len(p) >= MIN_PART}
     with _lock:
         if parts <= _parts:
             return
         _parts.update(parts)
         # Longest first, so the whole key wins over its halves.
-        alternatives = "|".join(_encoded(p) for p in sorted(_parts, key=len, reverse=True))
-        _pattern = re.compile(alternatives)
+        ordered = tuple(sorted(_parts, key=len, reverse=True))
+        _ordered = ordered
+        _pattern = re.compile("|".join(_encoded(p) for p in ordered))
 
 
 def _encoded(part: str) -> str:
@@ -55,7 +58,7 @@ def redact(text: str) -> str:
     if "%" not in text and "\\" not in text:
         # Only literal forms are possible: plain replacement is many times faster than the pattern
         # on a multi-megabyte answer.
-        for part in sorted(_parts, key=len, reverse=True):
+        for part in _ordered:
             if part in text:
                 text = text.replace(part, MASK)
         return text
