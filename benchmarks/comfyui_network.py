@@ -110,7 +110,8 @@ def main() -> int:
             result = asyncio.run(measure(url, runs, counter))
     floor = result["alone"] + 3 * RTT + cpu
     print(f"SD3 Img2Img (fal) in ComfyUI (POST /prompt to the end of the prompt), {network.SIDE}x{network.SIDE} "
-          f"picture, {network.JOB_SECONDS:.1f} s job, emulator over TLS 1.3 at RTT {RTT * 1000:.0f} ms, median of {runs}")
+          f"picture, {network.JOB_SECONDS:.1f} s job, emulator over TLS 1.3 at RTT {RTT * 1000:.0f} ms, "
+          f"median of {runs}")
     print(f"ComfyUI alone (Load Image -> Save Image): {result['alone'] * 1000:.0f} ms; node CPU {cpu * 1000:.0f} ms; "
           f"floor = those + 3 RTT = {floor * 1000:.0f} ms\n")
     print(f"{'run':<8}{'overhead ms':>12}{'- floor ms':>12}{'requests':>10}{'new connections':>17}")

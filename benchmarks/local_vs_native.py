@@ -381,7 +381,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2, help="warm runs of each (without ComfyUI)")
     parser.add_argument("--t5", action="store_true", help="include T5-XXL (+9.5 GB in bf16)")
     parser.add_argument("--bare", action="store_true",
-                        help="with COMFYUI_DIR: afterwards also the node against a bare diffusers call, on the same checkpoint")
+                        help="with COMFYUI_DIR: afterwards also the node against a bare diffusers call, "
+                             "on the same checkpoint")
     parser.add_argument("--workdir", default=tempfile.gettempdir(), help="where the checkpoint is written")
     args = parser.parse_args()
     if steps_run(args.steps, args.strength) < 2:

@@ -123,7 +123,8 @@ def main() -> int:
         r, rtt, floor = ours[0.05], 0.05, 3 * 0.05 + cpu
         print(f"\nat 50 ms: warm - floor {(r['warm'] - floor) * 1000:.0f} ms (target <= 40); first - floor "
               f"{(r['first'] - floor) * 1000:.0f} ms (target <= {2 * rtt * 1000 + 40:.0f}); requests/job "
-              f"{r['requests']:.0f} (<= 4); new connections {r['conn_first']} first (<= 2), {r['conn_warm']:.0f} warm (0); "
+              f"{r['requests']:.0f} (<= 4); new connections {r['conn_first']} first (<= 2), "
+              f"{r['conn_warm']:.0f} warm (0); "
               f"batch of 4 {batches[0.05]['batch_ratio']:.2f}x one (<= 1.1)")
     return 0
 

@@ -16,7 +16,7 @@ import atexit
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 from .client import FalClient
 from .config import FalConfig
@@ -53,11 +53,11 @@ class Background:
             self._clients.move_to_end(key)
             return client
 
-    async def call(self, function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    async def call(self, function: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
         """Run ``function(*args, **kwargs)`` on the background loop; its outcome, here."""
         caller = asyncio.get_running_loop()
         coroutine = function(*args, **kwargs)
-        outcome: asyncio.Future = caller.create_future()
+        outcome: asyncio.Future[T] = caller.create_future()
         started: list[asyncio.Task] = []
 
         def settle(task: asyncio.Task) -> None:
@@ -65,8 +65,8 @@ class Background:
                 return
             if task.cancelled():
                 outcome.cancel()
-            elif task.exception() is not None:
-                outcome.set_exception(task.exception())
+            elif (error := task.exception()) is not None:
+                outcome.set_exception(error)
             else:
                 outcome.set_result(task.result())
 
@@ -77,7 +77,7 @@ class Background:
                 pass  # the caller's loop is gone; nobody waits for this outcome
 
         def start() -> None:
-            task = self.loop.create_task(coroutine)
+            task: asyncio.Task[T] = self.loop.create_task(coroutine)
             task.add_done_callback(report)
             started.append(task)
 

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "FAL_API_URL move the endpoints.",
     )
     parser.add_argument("--app-id", default=schema.ENDPOINT, help=f"fal endpoint (default {schema.ENDPOINT})")
-    parser.add_argument("--timeout", type=float, default=None, help="give up (and cancel at fal) after this many seconds")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="give up (and cancel at fal) after this many seconds")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     parser.add_argument("--journal", type=Path, default=None,
                         help="the request journal (default: FAL_JOURNAL, else "
@@ -230,6 +231,70 @@ async def _resolve_journal(fal: FalClient, book: Journal) -> None:
             _print(f"{when}  found: request {completion.handle.request_id}, its result is now in the journal")
 
 
+async def _img2img(fal: FalClient, args: argparse.Namespace, book: Journal, report: _Reporter) -> None:
+    image = _read_image(args.image)
+    params = _params(args)
+    prices = PriceCache(book.path.parent / "prices.json")
+    cost = _check_budget(prices, book, args.app_id, params)
+    # Once a day, fal's price is asked for while the job runs, for the next runs' records.
+    refresh = asyncio.ensure_future(prices.refresh(fal.transport, args.app_id)) \
+        if prices.needs_refresh(args.app_id) else None
+    result = await img2img(fal, image, params, app_id=args.app_id, image_mode=args.upload,
+                           on_update=report, timeout=args.timeout, decode=False, journal=book,
+                           force_new=args.force_new, cost=cost)
+    if refresh is not None:
+        await refresh
+    stem = f"{Path(args.image).stem if not isinstance(image, str) else 'fal'}-{result.handle.request_id[:8]}"
+    paths = await _save(fal, [im.url for im in result.output.images], args.output_dir, stem, book.results)
+    report.say(f"done: request {result.handle.request_id}, seed {result.output.seed}")
+    for flagged, path in zip(result.output.has_nsfw_concepts, paths, strict=False):
+        if flagged:
+            report.say(f"warning: fal flagged {path} as NSFW")
+    if args.json:
+        _print(json.dumps({**result.raw, "request_id": result.handle.request_id}, indent=2))
+    else:
+        _print("\n".join(str(p) for p in paths))
+
+
+async def _upload(fal: FalClient, args: argparse.Namespace, book: Journal, report: _Reporter) -> None:
+    for path in args.files:
+        data = path.read_bytes()
+        mime = sniff_mime(data) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        _print(await fal.storage.upload(data, mime, file_name=path.name))
+
+
+async def _journal(fal: FalClient, args: argparse.Namespace, book: Journal, report: _Reporter) -> None:
+    if args.resolve:
+        await _resolve_journal(fal, book)
+    else:
+        await _fetch_from_journal(fal, book, args.fetch, args.output_dir, report)
+
+
+async def _status(fal: FalClient, args: argparse.Namespace, book: Journal, report: _Reporter) -> None:
+    status = await fal.queue.status(fal.queue.handle(args.app_id, args.request_id), logs=True)
+    _print(json.dumps({"request_id": args.request_id, "status": status.state,
+                       "queue_position": status.queue_position, "error": status.error,
+                       "error_type": status.error_type, "metrics": status.metrics}, indent=2))
+    for line in status.logs or ():
+        _print(f"{line.timestamp} {line.level} {line.message}", file=sys.stderr)
+
+
+async def _result(fal: FalClient, args: argparse.Namespace, book: Journal, report: _Reporter) -> None:
+    output = await fal.queue.result(fal.queue.handle(args.app_id, args.request_id))
+    _print(json.dumps(output, indent=2))
+    if args.output_dir is not None:
+        await _save_output(fal, output, args.request_id, args.output_dir, report)
+
+
+async def _cancel(fal: FalClient, args: argparse.Namespace, book: Journal, report: _Reporter) -> None:
+    accepted = await fal.queue.cancel(fal.queue.handle(args.app_id, args.request_id))
+    _print("cancellation requested" if accepted else "the request had already finished")
+
+
+_COMMANDS = {"img2img": _img2img, "upload": _upload, "journal": _journal, "status": _status,
+             "result": _result, "cancel": _cancel}
+
+
 async def _main(args: argparse.Namespace) -> int:
     report = _Reporter(args.quiet)
     book = Journal(args.journal or default_journal_path())
@@ -240,55 +305,7 @@ async def _main(args: argparse.Namespace) -> int:
         _list_journal(book)
         return 0
     async with FalClient() as fal:
-        if args.command == "journal" and args.resolve:
-            await _resolve_journal(fal, book)
-        elif args.command == "journal":
-            await _fetch_from_journal(fal, book, args.fetch, args.output_dir, report)
-        elif args.command == "img2img":
-            image = _read_image(args.image)
-            params = _params(args)
-            prices = PriceCache(book.path.parent / "prices.json")
-            cost = _check_budget(prices, book, args.app_id, params)
-            # Once a day, fal's price is asked for while the job runs, for the next runs' records.
-            refresh = asyncio.ensure_future(prices.refresh(fal.transport, args.app_id)) \
-                if prices.needs_refresh(args.app_id) else None
-            result = await img2img(fal, image, params, app_id=args.app_id, image_mode=args.upload,
-                                   on_update=report, timeout=args.timeout, decode=False, journal=book,
-                                   force_new=args.force_new, cost=cost)
-            if refresh is not None:
-                await refresh
-            stem = f"{Path(args.image).stem if not isinstance(image, str) else 'fal'}-{result.handle.request_id[:8]}"
-            paths = await _save(fal, [im.url for im in result.output.images], args.output_dir, stem, book.results)
-            report.say(f"done: request {result.handle.request_id}, seed {result.output.seed}")
-            for flagged, path in zip(result.output.has_nsfw_concepts, paths):
-                if flagged:
-                    report.say(f"warning: fal flagged {path} as NSFW")
-            if args.json:
-                _print(json.dumps({**result.raw, "request_id": result.handle.request_id}, indent=2))
-            else:
-                _print("\n".join(str(p) for p in paths))
-        elif args.command == "upload":
-            for path in args.files:
-                data = path.read_bytes()
-                mime = sniff_mime(data) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                _print(await fal.storage.upload(data, mime, file_name=path.name))
-        else:
-            handle = fal.queue.handle(args.app_id, args.request_id)
-            if args.command == "status":
-                status = await fal.queue.status(handle, logs=True)
-                _print(json.dumps({"request_id": args.request_id, "status": status.state,
-                                  "queue_position": status.queue_position, "error": status.error,
-                                  "error_type": status.error_type, "metrics": status.metrics}, indent=2))
-                for line in status.logs or ():
-                    _print(f"{line.timestamp} {line.level} {line.message}", file=sys.stderr)
-            elif args.command == "result":
-                output = await fal.queue.result(handle)
-                _print(json.dumps(output, indent=2))
-                if args.output_dir is not None:
-                    await _save_output(fal, output, args.request_id, args.output_dir, report)
-            else:
-                accepted = await fal.queue.cancel(handle)
-                _print("cancellation requested" if accepted else "the request had already finished")
+        await _COMMANDS[args.command](fal, args, book, report)
     return 0
 
 

@@ -10,7 +10,7 @@ from .config import FalConfig
 from .connections import Pool
 from .history import History
 from .queue import QueueClient
-from .retry import RetryPolicy
+from .retry import DEFAULT_RETRY, RetryPolicy
 from .storage import Storage, UploadCache
 from .transport import DEFAULT_TIMEOUT, Transport
 
@@ -35,7 +35,7 @@ class FalClient:
         self,
         config: FalConfig | None = None,
         *,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         upload_cache: UploadCache | None = None,
         poll_interval: float = 0.2,

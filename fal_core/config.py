@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from . import redaction
 from .errors import ConfigError, MissingKeyError
@@ -158,7 +158,7 @@ class FalConfig:
         key, source = key_from_env(env), "env"
         if key is None and key_file is not None:
             key, source = key_from_file(key_file), "file"
-        values = dict(
+        values: dict[str, Any] = dict(
             key=key,
             key_source=source if key is not None else None,
             queue_url=env.get("FAL_QUEUE_URL") or DEFAULT_QUEUE_URL,

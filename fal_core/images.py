@@ -146,7 +146,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, source: str = "im
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
                 raise FileError(f"The {source} claims {width}x{height} pixels, over the limit of "

@@ -105,7 +105,7 @@ async def img2img(
     notify = on_update or (lambda update: None)
     preconnect(client, fields, decode=decode)
     encoded = await encode_image(image, image_format)
-    fp = fingerprint(app_id, fields, encoded[0] if encoded else image)
+    fp = fingerprint(app_id, fields, encoded[0] if encoded is not None else str(image))  # None: a URL
     store = result_files if result_files is not None else journal.results if journal is not None else None
 
     async def make_payload() -> dict:
@@ -156,7 +156,7 @@ async def img2img_batch(
     cancelled (at fal too) and the first failure is raised.
     """
     items = [dict(params, seed=schema.seed_for_item(params.get("seed"), i)) for i in range(len(images))]
-    for item, image in zip(items, images):
+    for item, image in zip(items, images, strict=True):
         check_params(item, image)
     # Every concurrent item at once: each item's own call then finds its connection opening.
     preconnect(client, params, min(len(images), max(1, concurrency)), decode=options.get("decode", True))

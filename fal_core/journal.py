@@ -35,8 +35,9 @@ results folder beside the journal and replaced by ``fal-result-file:<sha256>`` r
 ``horizon`` is how long after ``sent_at`` fal's history must list an accepted request.
 
 The key is never written: every record passes through ``redaction`` on its way to the disk, so
-a key that fal's answer echoed is not written either. Lines that cannot be read (a crash mid-write, a hand edit, a value of
-the wrong type) are skipped with a warning; a record glued onto a torn line is recovered.
+a key that fal's answer echoed is not written either. Lines that cannot be read (a crash
+mid-write, a hand edit, a value of the wrong type) are skipped with a warning; a record glued
+onto a torn line is recovered.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import json
 import logging
 import os
 import stat
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +60,10 @@ from .private_files import private_folder, write_private
 from .redaction import redact_value
 from .status import RequestHandle
 
-try:
-    import fcntl
-except ImportError:  # Windows: appends of one line stay whole there too, without the lock.
+if sys.platform == "win32":  # appends of one line stay whole there too, without the lock
     fcntl = None
+else:
+    import fcntl
 
 log = logging.getLogger("fal_core")
 
@@ -186,7 +188,8 @@ class Journal:
     def completed(self, fp: str, request_id: str, result: Any) -> None:
         self._append(fp, COMPLETED, request_id=request_id, result=self.keep_inline(result))
 
-    def unknown(self, fp: str, app_id: str, fields: Mapping[str, Any], error: str, horizon: float | None = None) -> None:
+    def unknown(self, fp: str, app_id: str, fields: Mapping[str, Any], error: str,
+                horizon: float | None = None) -> None:
         self._append(fp, UNKNOWN, app_id=app_id, fields=describe(fields), error=error, horizon=horizon)
 
     def gone(self, fp: str, request_id: str, error: str) -> None:

@@ -117,7 +117,8 @@ class PriceCache:
     def _load(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and isinstance(data.get("prices"), dict) and isinstance(data.get("failures"), dict):
+            if (isinstance(data, dict) and isinstance(data.get("prices"), dict)
+                    and isinstance(data.get("failures"), dict)):
                 return data
         except FileNotFoundError:
             pass

@@ -14,7 +14,7 @@ import logging
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Mapping
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Mapping
 
 import httpx
 
@@ -191,7 +191,7 @@ class QueueClient:
         )
         return Status.parse(_json(response, f"status of request {handle.request_id}"))
 
-    async def stream_status(self, handle: RequestHandle, *, logs: bool = True) -> AsyncIterator[Status]:
+    async def stream_status(self, handle: RequestHandle, *, logs: bool = True) -> AsyncGenerator[Status, None]:
         """Statuses as fal pushes them over server-sent events; ends after COMPLETED.
 
         Before COMPLETED is passed on, the end of the body that follows it is read, so that the
@@ -315,7 +315,8 @@ class QueueClient:
             on_submitted(handle)
         return await self.complete(handle, on_update=on_update, should_cancel=should_cancel, logs=logs,
                                    stream=stream, started=started,
-                                   timeout=None if timeout is None else max(timeout - (time.monotonic() - started), 0.001))
+                                   timeout=None if timeout is None
+                                   else max(timeout - (time.monotonic() - started), 0.001))
 
     async def complete(self, handle: RequestHandle, **wait_options: Any) -> Completion:
         """Wait for a request already submitted (maybe by another process) and fetch its result.
@@ -390,7 +391,7 @@ class QueueClient:
             pass
         kind = f" ({status.error_type})" if status.error_type else ""
         return AppError(f"fal's app failed on request {handle.request_id}{kind}: {status.error}",
-                        request_id=handle.request_id, error=status.error, error_type=status.error_type)
+                        request_id=handle.request_id, error=status.error or "", error_type=status.error_type)
 
     async def _cancel_quietly(self, handle: RequestHandle) -> bool | None:
         """Cancel at fal: True when accepted, False when it had already ended, None on failure."""

@@ -8,9 +8,9 @@ by ``***``.
 
 Everything that leaves the pack for a person or a disk goes through it: the message and the
 attributes of every :class:`~fal_core.errors.FalError`, every line of the ``fal_core`` and
-``fal_sd3`` loggers (and of httpx's and httpcore's, which log answers' headers), every journal record, the nodes' outputs and status, and the command line's
-output. Quote fal's answers with :func:`excerpt`, which redacts before it shortens, so that a cut
-never leaves half a key behind.
+``fal_sd3`` loggers (and of httpx's and httpcore's, which log answers' headers), every journal
+record, the nodes' outputs and status, and the command line's output. Quote fal's answers with
+:func:`excerpt`, which redacts before it shortens, so that a cut never leaves half a key behind.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+DEFAULT_RETRY = RetryPolicy()
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -91,5 +92,6 @@ def should_retry_exception(exc: httpx.TransportError, *, idempotent: bool) -> bo
     if idempotent:
         # Connect, read and write failures, drops and timeouts; not a bad URL or a request
         # httpx itself refused to build, which would fail the same way again.
-        return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError))
+        return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError,
+                                httpx.ProxyError))
     return surely_not_sent(exc)

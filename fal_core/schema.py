@@ -74,15 +74,18 @@ FIELDS: dict[str, Field] = {
         Field("image_size", object, None, "Output size: a preset or {width, height}; default: the input's size."),
         # fal gives no range; published copies of the schema say 1-50.
         Field("num_inference_steps", int, 28, "Denoising steps.", minimum=1, maximum=50, step=1),
-        Field("seed", int, None, "Same seed, prompt and input give the same image.", minimum=0, maximum=SEED_MAX, step=1),
+        Field("seed", int, None, "Same seed, prompt and input give the same image.",
+              minimum=0, maximum=SEED_MAX, step=1),
         # Published copies say 1-20 or 0-20; below 1 SD3 runs without guidance, so 0-20 is valid.
-        Field("guidance_scale", float, 5.0, "How closely to follow the prompt (CFG).", minimum=0.0, maximum=20.0, step=0.1),
+        Field("guidance_scale", float, 5.0, "How closely to follow the prompt (CFG).",
+              minimum=0.0, maximum=20.0, step=0.1),
         Field("sync_mode", bool, False, "Return the images inline as data URIs instead of CDN URLs."),
         # Published copies say 1-4.
         Field("num_images", int, 1, "Images to generate for each input image.", minimum=1, maximum=4, step=1),
         Field("enable_safety_checker", bool, True, "Let fal flag NSFW results."),
         # 0 would run no denoising step at all (diffusers fails on it); 0.01 is the least useful change.
-        Field("strength", float, 0.9, "How far to move from the input image (1 = ignore it).", minimum=0.01, maximum=1.0, step=0.01),
+        Field("strength", float, 0.9, "How far to move from the input image (1 = ignore it).",
+              minimum=0.01, maximum=1.0, step=0.01),
     )
 }
 
@@ -121,6 +124,8 @@ class ImageSize:
         """(width, height) in pixels."""
         if self.preset is not None:
             return IMAGE_SIZE_PRESETS[self.preset]
+        if self.width is None or self.height is None:
+            raise InputError(self.problems())
         return (int(self.width), int(self.height))
 
     def problems(self, field_name: str = "image_size") -> list[FieldError]:
@@ -138,7 +143,10 @@ class ImageSize:
         return errors
 
     def to_json(self) -> str | dict[str, int]:
-        return self.preset if self.preset is not None else {"width": int(self.width), "height": int(self.height)}
+        if self.preset is not None:
+            return self.preset
+        width, height = self.dimensions
+        return {"width": width, "height": height}
 
     def __str__(self) -> str:
         w, h = self.dimensions
@@ -230,35 +238,36 @@ def validate(payload: Mapping[str, Any], *, input_size: tuple[int, int] | None =
             continue
         if value is None:
             continue
-        if name == "image_url":
-            problem_text = None if value is IMAGE_GIVEN else image_url_problem(value)
-            if problem_text is not None:
-                errors.append(FieldError(name, value, problem_text))
-            else:
-                clean[name] = value if value is IMAGE_GIVEN else value.strip()
-            continue
-        if name == "image_size":
-            try:
-                size = ImageSize.parse(value)
-            except InputError as exc:
-                errors.extend(exc.errors)
-                continue
-            problems = size.problems()
-            errors.extend(problems)
-            if not problems:
-                clean[name] = size.to_json()
-            continue
-        problem = _check_field(spec, value)
-        if problem is not None:
-            errors.append(problem)
-        else:
-            clean[name] = float(value) if spec.type is float else value
+        checked, problems = _checked(spec, value)
+        errors.extend(problems)
+        if not problems:
+            clean[name] = checked
     for spec in FIELDS.values():
         if spec.required and payload.get(spec.name) is None:
             errors.append(FieldError(spec.name, None, "is required"))
     if errors:
         raise InputError(errors)
     return clean
+
+
+def _checked(spec: Field, value: Any) -> tuple[Any, list[FieldError]]:
+    """One set field's value as fal should receive it, and its problems (none when it is valid)."""
+    if spec.name == "image_url":
+        problem_text = None if value is IMAGE_GIVEN else image_url_problem(value)
+        if problem_text is not None:
+            return None, [FieldError(spec.name, value, problem_text)]
+        return (value if value is IMAGE_GIVEN else value.strip()), []
+    if spec.name == "image_size":
+        try:
+            size = ImageSize.parse(value)
+        except InputError as exc:
+            return None, exc.errors
+        problems = size.problems()
+        return (None if problems else size.to_json()), problems
+    problem = _check_field(spec, value)
+    if problem is not None:
+        return None, [problem]
+    return (float(value) if spec.type is float else value), []
 
 
 @dataclass(frozen=True)
@@ -288,7 +297,7 @@ class Img2ImgOutput:
         where = f" (request {request_id})" if request_id else ""
         if not isinstance(data, Mapping) or not isinstance(data.get("images"), list):
             raise ResponseError(f"fal's result{where} has no 'images' list; it starts: {excerpt(data)}")
-        limit = int(FIELDS["num_images"].maximum) if max_images is None else max_images
+        limit = int(FIELDS["num_images"].maximum or 1) if max_images is None else max_images
         if len(data["images"]) > limit:
             raise ResponseError(f"fal's result{where} has {len(data['images'])} images, but {limit} "
                                 f"{'was' if limit == 1 else 'were'} asked for; none of them was downloaded.")

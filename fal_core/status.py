@@ -93,8 +93,9 @@ class RequestHandle:
             # A URL from the answer is followed only when it is the queue's: one pointing at another
             # host (an internal service) is replaced by the one rebuilt from the request id.
             given = data.get(name)
-            on_queue = isinstance(given, str) and given.startswith(queue_url.rstrip("/") + "/")
-            return given if on_queue and "#" not in given else rebuilt
+            if isinstance(given, str) and given.startswith(queue_url.rstrip("/") + "/") and "#" not in given:
+                return given
+            return rebuilt
 
         return cls(
             app_id=app_id,

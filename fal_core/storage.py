@@ -170,7 +170,8 @@ class Storage:
         token = await self._cdn_token()
         response = await self.transport.request(
             "POST", f"{self.transport.config.cdn_url}/files/upload", what=f"upload of {name}", content=data,
-            retry=CDN_RETRY, headers={"Authorization": token.header, "Content-Type": content_type, "X-Fal-File-Name": name})
+            retry=CDN_RETRY,
+            headers={"Authorization": token.header, "Content-Type": content_type, "X-Fal-File-Name": name})
         return _field(response.content, "access_url", f"upload of {name}")
 
     async def _upload_multipart(self, data: bytes, content_type: str, name: str) -> str:
@@ -221,7 +222,8 @@ def _json_object(content: bytes, what: str) -> dict:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise ResponseError(f"fal's answer to the {what} is not a JSON object: {excerpt(content.decode('utf-8', 'replace'))}")
+        raise ResponseError(f"fal's answer to the {what} is not a JSON object: "
+                            f"{excerpt(content.decode('utf-8', 'replace'))}")
     return body
 
 

@@ -23,7 +23,9 @@ from .errors import (
     AuthError, FieldError, FileError, HTTPStatusError, ResponseTooLarge, TransportError, ValidationError,
 )
 from .redaction import redact
-from .retry import RetryPolicy, retry_after_seconds, should_retry_exception, should_retry_response, surely_not_sent
+from .retry import (
+    DEFAULT_RETRY, RetryPolicy, retry_after_seconds, should_retry_exception, should_retry_response, surely_not_sent,
+)
 
 log = logging.getLogger("fal_core")
 
@@ -62,7 +64,7 @@ class Transport:
         self,
         config: FalConfig,
         *,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         pool: Pool | None = None,
     ) -> None:
@@ -107,8 +109,7 @@ class Transport:
         answer over MAX_ANSWER_BYTES is refused with :class:`ResponseTooLarge`.
         """
         policy = retry or self.retry
-        self._check_url(url, what)
-        request = self._http.build_request(method, url, headers=self._headers(url, kwargs.pop("headers", None)), **kwargs)
+        request = self._build(method, url, what, kwargs)
         attempt = 0
         while True:
             attempt += 1
@@ -138,12 +139,15 @@ class Transport:
                 continue
             raise self.status_error(response, what)
 
+    def _build(self, method: str, url: str, what: str, kwargs: dict[str, Any]) -> httpx.Request:
+        """The request, once ``url`` is known to be one the key may go to (see ``_check_url``)."""
+        self._check_url(url, what)
+        return self._http.build_request(method, url, headers=self._headers(url, kwargs.pop("headers", None)), **kwargs)
+
     @asynccontextmanager
     async def stream(self, method: str, url: str, *, what: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
         """Open a streamed response (no retries: the caller decides how to resume)."""
-        self._check_url(url, what)
-        headers = self._headers(url, kwargs.pop("headers", None))
-        request = self._http.build_request(method, url, headers=headers, **kwargs)
+        request = self._build(method, url, what, kwargs)
         try:
             # Only the opening is marked as our call: a stream may be read on from other tasks.
             own = _OWN_CALL.set(True)
@@ -178,11 +182,13 @@ class Transport:
         log.info("fal: %s failed (%s); retry %d of %d in %.2fs", what, reason, attempt, policy.attempts - 1, delay)
         await asyncio.sleep(delay)
 
-    def _transport_error(self, exc: httpx.TransportError, url: str, what: str, attempts: int, idempotent: bool) -> TransportError:
+    def _transport_error(self, exc: httpx.TransportError, url: str, what: str, attempts: int,
+                         idempotent: bool) -> TransportError:
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         return TransportError(
             self.config.redact(f"{what} failed{tries}: {_describe(exc)} ({_safe_url(url)}). "
-                               "Check the network connection and the fal URLs (FAL_QUEUE_URL, FAL_REST_URL, FAL_CDN_URL)."),
+                               "Check the network connection and the fal URLs "
+                               "(FAL_QUEUE_URL, FAL_REST_URL, FAL_CDN_URL)."),
             url=_safe_url(url),
             attempts=attempts,
             maybe_delivered=not idempotent and not surely_not_sent(exc),
@@ -212,9 +218,11 @@ class Transport:
         if status in (401, 403) and self.config.is_fal_host(url):
             where, todo = self.config.key_origin()
             if status == 401:
-                text = f"fal refused the API key from {where} (HTTP 401) for {what}: {_detail_text(detail)}. To fix: {todo}."
+                text = (f"fal refused the API key from {where} (HTTP 401) for {what}: {_detail_text(detail)}. "
+                        f"To fix: {todo}.")
             else:
-                text = (f"fal does not let the API key from {where} do this (HTTP 403: {what}): {_detail_text(detail)}. "
+                text = (f"fal does not let the API key from {where} do this (HTTP 403: {what}): "
+                        f"{_detail_text(detail)}. "
                         f"To fix: check the key's scope at https://fal.ai/dashboard/keys, or {todo}.")
             return AuthError(redact(text), **common)
         if status == 422 and isinstance(detail, list):

@@ -92,9 +92,10 @@ class FalSD3Img2Img:
                 "image_url": ("STRING", {"default": "", "forceInput": True,
                                          "tooltip": "URL(s) of the picture, one per line (from fal Upload Image). "
                                                     "Use this or image."}),
-                "image_size": (IMAGE_SIZE_TYPE, {"tooltip": "From SD3 Image Size; unconnected keeps the input's size."}),
-                "image_format": (["png", "jpeg"], {"default": "png",
-                                                   "tooltip": "How an IMAGE is sent: png is lossless, jpeg (q95) much smaller."}),
+                "image_size": (IMAGE_SIZE_TYPE,
+                               {"tooltip": "From SD3 Image Size; unconnected keeps the input's size."}),
+                "image_format": (["png", "jpeg"], {
+                    "default": "png", "tooltip": "How an IMAGE is sent: png is lossless, jpeg (q95) much smaller."}),
                 "timeout": ("INT", {"default": 600, "min": 0, "max": 86400, "step": 10,
                                     "tooltip": "Seconds before the requests are cancelled at fal (0: no limit)."}),
                 "force_new_request": ("BOOLEAN", {"default": False, "tooltip": (

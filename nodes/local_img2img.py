@@ -77,7 +77,8 @@ class DiffusersSD3Img2Img:
                     "input's size, rounded to a multiple of 16.")}),
                 "model_path": ("STRING", {"default": "", "tooltip": (
                     "A diffusers folder or .safetensors checkpoint anywhere on disk; wins over model when set.")}),
-                "device": (list(DEVICES), {"default": "auto", "tooltip": "auto: ComfyUI's device, else cuda, mps, cpu."}),
+                "device": (list(DEVICES),
+                           {"default": "auto", "tooltip": "auto: ComfyUI's device, else cuda, mps, cpu."}),
                 "dtype": (list(DTYPES), {"default": "auto", "tooltip": dtype_tooltip()}),
                 "t5": (list(T5_MODES), {"default": "auto", "tooltip": (
                     "The T5-XXL text encoder: off saves ~9.5 GB in fp16 at some cost in prompt following; "

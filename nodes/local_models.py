@@ -132,7 +132,8 @@ def _folder(path: Path, field: str) -> ModelSource:
     try:
         spec = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise LocalModelError(f"{field}: {str(index)!r} cannot be read as JSON ({exc}); download the model again.")
+        raise LocalModelError(
+            f"{field}: {str(index)!r} cannot be read as JSON ({exc}); download the model again.") from exc
     pipeline = str(spec.get("_class_name", "?"))
     if not pipeline.startswith("StableDiffusion3"):
         raise LocalModelError(

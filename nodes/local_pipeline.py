@@ -80,7 +80,8 @@ def pick_device(choice: str) -> torch.device:
     if choice not in available:
         raise LocalModelError(f"device: {choice!r} is not one of {', '.join(DEVICES)}.")
     if not available[choice]:
-        raise LocalModelError(f"device: {choice!r} is not available in this PyTorch on this machine; choose auto or cpu.")
+        raise LocalModelError(f"device: {choice!r} is not available in this PyTorch on this machine; "
+                              "choose auto or cpu.")
     return torch.device(choice)
 
 

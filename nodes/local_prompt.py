@@ -36,7 +36,7 @@ def encode(pipe, prompt: str, negative_prompt: str, guided: bool, device: torch.
         num_images_per_prompt=1, do_classifier_free_guidance=guided, max_sequence_length=rows,
     )
     dtype = pipe.transformer.dtype
-    return {name: value.to(device, dtype) for name, value in zip(NAMES, values) if value is not None}
+    return {name: value.to(device, dtype) for name, value in zip(NAMES, values, strict=True) if value is not None}
 
 
 def repeated(embeddings: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:

@@ -104,169 +104,172 @@ def refusal(headers: Mapping[str, str], host: str | None, env: Mapping[str, str]
     return untrusted_host(host, env) or cross_origin(headers, host)
 
 
-def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
-               env: Mapping[str, str] = os.environ) -> None:
-    """Add the key route to an aiohttp ``RouteTableDef`` (ComfyUI's ``PromptServer.routes``).
-
-    ``key_file`` is called on every request: the state folder can move with the environment.
-    """
+def _answer(code: int = 200, /, **body):
+    """A JSON answer with HTTP status ``code``; ``body`` may hold a field named status."""
     from aiohttp import web  # only ever called inside ComfyUI or tests, which have aiohttp
 
-    def answer(status: int = 200, **body) -> web.Response:
-        return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+    return web.json_response(body, status=code, headers={"Cache-Control": "no-store"})
 
-    def not_accepted(status: int | None, message: str) -> web.Response:
-        """The key test's answer when the key cannot be used (``status``: fal's HTTP status)."""
-        return web.json_response({"ok": False, "status": status, "message": message},
-                                 headers={"Cache-Control": "no-store"})
 
-    def current() -> web.Response:
+def _not_accepted(status: int | None, message: str):
+    """The key test's answer when the key cannot be used (``status``: fal's HTTP status)."""
+    return _answer(ok=False, status=status, message=message)
+
+
+async def _json_body(request) -> dict | None:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class _Handlers:
+    """The routes' handlers; ``key_file`` is called on every request: the state folder can move
+    with the environment."""
+
+    def __init__(self, key_file: Callable[[], Path], env: Mapping[str, str]) -> None:
+        self.key_file = key_file
+        self.env = env
+
+    def current(self):
         try:
-            return answer(**key_store.status(key_file(), env))
+            return _answer(**key_store.status(self.key_file(), self.env))
         except ConfigError as exc:
-            return answer(500, error=str(exc))
+            return _answer(500, error=str(exc))
 
-    def same_origin_only(handler):
-        """Every route goes through :func:`refusal`: this server's own page only."""
-        async def guarded(request: web.Request) -> web.Response:
-            reason = refusal(request.headers, request.host, env)
-            if reason is not None:
-                log.warning("fal route %s: refused a request (%s)", request.path, reason)
-                return answer(403, error=f"refused: {reason}; change the fal key from ComfyUI's own page")
-            return await handler(request)
-        return guarded
+    async def read(self, request):
+        return self.current()
 
-    @routes.get(ROUTE)
-    @same_origin_only
-    async def read(request: web.Request) -> web.Response:
-        return current()
-
-    @routes.post(ROUTE)
-    @same_origin_only
-    async def store(request: web.Request) -> web.Response:
+    async def store(self, request):
         try:
             body = await request.json()
         except ValueError:
             body = None
         key = body.get("key") if isinstance(body, dict) else None
         if not isinstance(key, str):
-            return answer(400, error='the body must be JSON {"key": "key_id:key_secret"}')
+            return _answer(400, error='the body must be JSON {"key": "key_id:key_secret"}')
         problem = check_key_form(key)
         if problem is not None:
-            return answer(400, error=f"fal API key not saved: {problem}. Copy the whole key from "
-                                     "fal.ai > Dashboard > Keys.")
-        path = key_file()
+            return _answer(400, error=f"fal API key not saved: {problem}. Copy the whole key from "
+                                      "fal.ai > Dashboard > Keys.")
+        path = self.key_file()
         try:
             # fsync can take a while on a busy disk, and the event loop also carries the websocket.
             await asyncio.to_thread(key_store.save, path, key.strip())
         except OSError as exc:
-            return answer(500, error=f"fal API key not saved: cannot write {path}: {exc.strerror}. "
-                                     "Check that ComfyUI's user folder is writable.")
+            return _answer(500, error=f"fal API key not saved: cannot write {path}: {exc.strerror}. "
+                                      "Check that ComfyUI's user folder is writable.")
         log.info("fal key saved to %s", path)
         from . import session
         # A price refused to the old key (or to no key) is asked for again with this one.
         session.price_cache().forget_failures()
-        return current()
+        return self.current()
 
-    @routes.delete(ROUTE)
-    @same_origin_only
-    async def remove(request: web.Request) -> web.Response:
-        path = key_file()
+    async def remove(self, request):
+        path = self.key_file()
         try:
             await asyncio.to_thread(key_store.clear, path)
         except OSError as exc:
-            return answer(500, error=f"fal API key not cleared: cannot remove {path}: {exc.strerror}.")
+            return _answer(500, error=f"fal API key not cleared: cannot remove {path}: {exc.strerror}.")
         log.info("fal key file %s removed", path)
-        return current()
+        return self.current()
 
-    async def json_body(request: web.Request) -> dict | None:
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except ValueError:
-            return None
-        return body if isinstance(body, dict) else None
-
-    @routes.post(KEY_TEST_ROUTE)
-    @same_origin_only
-    async def test_key(request: web.Request) -> web.Response:
+    async def test_key(self, request):
         from ..fal_core.key_check import check_key
         from . import session
 
-        body = await json_body(request)
+        body = await _json_body(request)
         if body is None or not isinstance(body.get("key", ""), str):
-            return answer(400, error='the body must be JSON {} (the saved key) or {"key": "key_id:key_secret"}')
-        config = session.config(env, key_file())
+            return _answer(400, error='the body must be JSON {} (the saved key) or {"key": "key_id:key_secret"}')
+        config = session.config(self.env, self.key_file())
         if "key" in body:
             problem = check_key_form(body["key"])
             if problem is not None:
-                return not_accepted(None, f"fal API key not tested: {problem}. Copy the whole key from "
-                                          "fal.ai > Dashboard > Keys.")
+                return _not_accepted(None, f"fal API key not tested: {problem}. Copy the whole key from "
+                                           "fal.ai > Dashboard > Keys.")
             config = config.with_(key=Secret(body["key"].strip()), key_source="argument")
         if config.key is None:
-            return not_accepted(None, str(MissingKeyError(config.missing_key_hint)))
+            return _not_accepted(None, str(MissingKeyError(config.missing_key_hint)))
         try:
             # On the nodes' own loop and connections, like a run.
             await session.engine().call(check_key, session.client(config).transport)
         except HTTPStatusError as exc:
-            return not_accepted(exc.status_code, str(exc))
+            return _not_accepted(exc.status_code, str(exc))
         except FalError as exc:
-            return not_accepted(None, str(exc))
-        return answer(ok=True, source=config.key_source)
+            return _not_accepted(None, str(exc))
+        return _answer(ok=True, source=config.key_source)
 
-    @routes.get(PRICE_ROUTE)
-    @same_origin_only
-    async def price(request: web.Request) -> web.Response:
+    async def price(self, request):
         from ..fal_core.schema import ENDPOINT
         from . import session
 
         endpoint_id = request.query.get("endpoint_id", ENDPOINT)
         if not _ENDPOINT_ID.match(endpoint_id):
-            return answer(400, error=f"endpoint_id={endpoint_id[:80]!r}: use an id of the form owner/alias[/path]")
+            return _answer(400, error=f"endpoint_id={endpoint_id[:80]!r}: use an id of the form owner/alias[/path]")
         known = session.price_cache().current(endpoint_id)
         # Answered from what is known: the editor never waits on fal for a price.
-        refresh_price_in_background(endpoint_id, env, key_file)
+        refresh_price_in_background(endpoint_id, self.env, self.key_file)
         if known is None:
-            return answer(404, error=f"no price known for {endpoint_id} yet; asking fal, try again shortly")
-        return answer(**known.to_json())
+            return _answer(404, error=f"no price known for {endpoint_id} yet; asking fal, try again shortly")
+        return _answer(**known.to_json())
 
-    async def budget_answer() -> web.Response:
+    async def read_budget(self, request):
         from ..fal_core import spend
         from . import session
 
         try:
-            limit = session.budget(env)
+            limit = session.budget(self.env)
             spent = await asyncio.to_thread(spend.spent_today, session.journal())
         except ConfigError as exc:
-            return answer(500, error=str(exc))
-        return answer(daily_budget=limit.daily, source=limit.source, spent_today=spent, currency="USD")
+            return _answer(500, error=str(exc))
+        return _answer(daily_budget=limit.daily, source=limit.source, spent_today=spent, currency="USD")
 
-    @routes.get(BUDGET_ROUTE)
-    @same_origin_only
-    async def read_budget(request: web.Request) -> web.Response:
-        return await budget_answer()
-
-    @routes.post(BUDGET_ROUTE)
-    @same_origin_only
-    async def store_budget(request: web.Request) -> web.Response:
+    async def store_budget(self, request):
         from ..fal_core import budget as budgets
         from . import session
 
-        body = await json_body(request)
+        body = await _json_body(request)
         if body is None or "daily_budget" not in body:
-            return answer(400, error='the body must be JSON {"daily_budget": dollars} or {"daily_budget": null}')
+            return _answer(400, error='the body must be JSON {"daily_budget": dollars} or {"daily_budget": null}')
         try:
             amount = budgets.parse_amount(body["daily_budget"], "daily_budget")
         except ConfigError as exc:
-            return answer(400, error=str(exc))
+            return _answer(400, error=str(exc))
         path = session.budget_file()
         try:
             await asyncio.to_thread(budgets.save, path, amount)
         except OSError as exc:
-            return answer(500, error=f"daily budget not saved: cannot write {path}: {exc.strerror}. "
-                                     "Check that ComfyUI's user folder is writable.")
+            return _answer(500, error=f"daily budget not saved: cannot write {path}: {exc.strerror}. "
+                                      "Check that ComfyUI's user folder is writable.")
         log.info("fal daily budget %s", "cleared" if amount is None else f"set to {amount:.2f} USD")
-        return await budget_answer()
+        return await self.read_budget(request)
 
+
+def add_routes(routes, key_file: Callable[[], Path] = comfy.key_file,
+               env: Mapping[str, str] = os.environ) -> None:
+    """Add the routes to an aiohttp ``RouteTableDef`` (ComfyUI's ``PromptServer.routes``).
+
+    Every route goes through :func:`refusal`: this server's own page only.
+    """
+    handlers = _Handlers(key_file, env)
+
+    def same_origin_only(handler):
+        async def guarded(request):
+            reason = refusal(request.headers, request.host, env)
+            if reason is not None:
+                log.warning("fal route %s: refused a request (%s)", request.path, reason)
+                return _answer(403, error=f"refused: {reason}; change the fal key from ComfyUI's own page")
+            return await handler(request)
+        return guarded
+
+    for method, path, handler in (
+        (routes.get, ROUTE, handlers.read), (routes.post, ROUTE, handlers.store),
+        (routes.delete, ROUTE, handlers.remove), (routes.post, KEY_TEST_ROUTE, handlers.test_key),
+        (routes.get, PRICE_ROUTE, handlers.price),
+        (routes.get, BUDGET_ROUTE, handlers.read_budget), (routes.post, BUDGET_ROUTE, handlers.store_budget),
+    ):
+        method(path)(same_origin_only(handler))
 
 
 _background: set[asyncio.Task] = set()

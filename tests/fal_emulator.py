@@ -4,10 +4,11 @@ It speaks what fal's clients speak (see ../shared/fal-protocol.md): submit, stat
 the status stream (server-sent events), result, cancel, the CDN token, CDN uploads (single and
 multipart), the initiate + PUT fallback, the Platform API's prices and its request history
 (``/api/v1/models/requests/by-endpoint``: a request appears there once it has ended, with its
-input and output under ``expand=payloads``, paged by ``limit`` and ``next_cursor``). It checks ``Authorization: Key ...``, validates input
-like fal (422 with a ``detail`` list), and answers with images derived from the input so a test
-can prove the round trip by pixels: image k of a request is ``255 - input + k`` (mod 256), resized
-to the requested size with nearest-neighbour sampling, as PNG (see ``expected_output``).
+input and output under ``expand=payloads``, paged by ``limit`` and ``next_cursor``). It checks
+``Authorization: Key ...``, validates input like fal (422 with a ``detail`` list), and answers
+with images derived from the input so a test can prove the round trip by pixels: image k of a
+request is ``255 - input + k`` (mod 256), resized to the requested size with nearest-neighbour
+sampling, as PNG (see ``expected_output``).
 
 Faults are queued per kind of call with ``fault()`` and consumed in order. Every call is
 recorded (``calls()``, ``count()``) so tests assert what fal would have received and charged.
@@ -70,7 +71,7 @@ import uuid
 from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 import numpy as np
@@ -92,10 +93,12 @@ def emulator_ca() -> tuple[str, str, str]:
     """(CA certificate, server certificate, server key) files for 127.0.0.1, made once per process."""
     folder = Path(tempfile.mkdtemp(prefix="fal-emulator-ca-"))
     atexit.register(shutil.rmtree, folder, True)
-    ca, ca_key, cert, key, csr = (str(folder / n) for n in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr"))
+    names = ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr")
+    ca, ca_key, cert, key, csr = (str(folder / n) for n in names)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     run = functools.partial(subprocess.run, check=True, capture_output=True)
-    run(["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=fal emulator test CA",
+    run(["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=fal emulator test CA",
          "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
     run(["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"])
     (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
@@ -432,7 +435,8 @@ class FalEmulator:
         self._servers.append(relay)
         return relay.sockets[0].getsockname()[1]
 
-    async def _relay(self, inner: int, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    async def _relay(self, inner: int, client_reader: asyncio.StreamReader,
+                     client_writer: asyncio.StreamWriter) -> None:
         """One client connection through the network model: the handshake's round trip, then
         every byte RTT/2 late in each direction (in order; an end or a reset too)."""
         loop = asyncio.get_running_loop()
@@ -518,12 +522,10 @@ class FalEmulator:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         if request.path.startswith("/_emulator/"):
             return await self._control(request)
-        for method, pattern, kind in self._ROUTES:
-            match = re.fullmatch(pattern, request.path)
-            if match and request.method == method:
-                break
-        else:
+        route = self._route(request)
+        if route is None:
             return web.json_response({"detail": f"No route for {request.method} {request.path}"}, status=404)
+        kind, match = route
         body = await request.read()
         try:
             parsed = json.loads(body) if body and "json" in request.headers.get("content-type", "") else None
@@ -537,26 +539,48 @@ class FalEmulator:
             fault = queue.pop(0) if queue else None
         handler = getattr(self, f"_{kind}")
         if fault is not None:
-            if fault.delay and not fault.accept:
-                await asyncio.sleep(fault.delay)
-            if fault.drop == "before":
-                return self._abort(request, call)
-            if fault.status is not None and not fault.accept:
-                return self._record(call, self._fault_response(fault))
-            if fault.refuse:
-                return self._record(call, web.json_response({"detail": "Method Not Allowed"}, status=405))
-            if fault.endless and kind != "stream":
-                return await self._endless(request, call)
+            refused = await self._fault_before(request, call, kind, fault)
+            if refused is not None:
+                return refused
         response = await handler(request, call, match.groupdict(), fault)
-        if fault is not None and fault.accept and fault.delay:
-            await asyncio.sleep(fault.delay)  # done, then slow to answer: the client may give up
-        if fault is not None and fault.drop == "after":
+        if fault is not None:
+            return await self._fault_after(request, call, response, fault)
+        return self._record(call, self._echoed(call, response))
+
+    def _route(self, request: web.Request) -> tuple[str, re.Match] | None:
+        for method, pattern, kind in self._ROUTES:
+            match = re.fullmatch(pattern, request.path)
+            if match and request.method == method:
+                return kind, match
+        return None
+
+    async def _fault_before(self, request: web.Request, call: Call, kind: str,
+                            fault: Fault) -> web.StreamResponse | None:
+        """The answer of a fault that strikes before the request is handled, or None."""
+        if fault.delay and not fault.accept:
+            await asyncio.sleep(fault.delay)
+        if fault.drop == "before":
             return self._abort(request, call)
-        if fault is not None and (fault.patch or fault.pad):
-            response = self._patched(response, fault)
-        if fault is not None and fault.status is not None:
+        if fault.status is not None and not fault.accept:
             return self._record(call, self._fault_response(fault))
-        if fault is not None and fault.hide_request_id:
+        if fault.refuse:
+            return self._record(call, web.json_response({"detail": "Method Not Allowed"}, status=405))
+        if fault.endless and kind != "stream":
+            return await self._endless(request, call)
+        return None
+
+    async def _fault_after(self, request: web.Request, call: Call, response: web.StreamResponse,
+                           fault: Fault) -> web.StreamResponse:
+        """The answer of a request that was handled, as ``fault`` changes it."""
+        if fault.accept and fault.delay:
+            await asyncio.sleep(fault.delay)  # done, then slow to answer: the client may give up
+        if fault.drop == "after":
+            return self._abort(request, call)
+        if fault.patch or fault.pad:
+            response = self._patched(response, fault)
+        if fault.status is not None:
+            return self._record(call, self._fault_response(fault))
+        if fault.hide_request_id:
             request_id = response.headers.get("x-fal-request-id", "")
             headers = {"x-fal-request-id": request_id} if fault.request_id_header else {}
             return self._record(call, web.json_response({"status": "IN_QUEUE"}, headers=headers))
@@ -695,6 +719,12 @@ class FalEmulator:
             source = self._load_input(url)
             if source is None:
                 bad("image_url", f"Could not download the file from {url[:60]!r}", "file_download_error")
+        self._check_values(data, bad)
+        return problems, source
+
+    @staticmethod
+    def _check_values(data: dict, bad: Callable[[str, str], None]) -> None:
+        """The optional fields' types and ranges, as fal's pydantic model checks them."""
         checks = {
             "num_inference_steps": (int, 1, 50), "num_images": (int, 1, 4), "seed": (int, None, None),
             "guidance_scale": ((int, float), 0, 20), "strength": ((int, float), 0, 1),
@@ -712,11 +742,15 @@ class FalEmulator:
         if "negative_prompt" in data and not isinstance(data["negative_prompt"], str):
             bad("negative_prompt", "Input should be a valid string")
         size = data.get("image_size")
-        if size is not None and not ((isinstance(size, str) and size in PRESETS) or (isinstance(size, dict) and set(size) == {"width", "height"}
-                                                         and all(isinstance(v, int) and 1 <= v <= 14142
-                                                                 for v in size.values()))):
+        if size is not None and not FalEmulator._is_image_size(size):
             bad("image_size", f"Input should be one of {', '.join(PRESETS)} or an object with width and height")
-        return problems, source
+
+    @staticmethod
+    def _is_image_size(size: Any) -> bool:
+        if isinstance(size, str):
+            return size in PRESETS
+        return (isinstance(size, dict) and set(size) == {"width", "height"}
+                and all(isinstance(v, int) and 1 <= v <= 14142 for v in size.values()))
 
     def _load_input(self, url: str) -> np.ndarray | None:
         if url.startswith("data:"):

@@ -77,7 +77,9 @@ def test_example_workflow_runs_through_the_http_api(comfyui, model):
 def test_second_run_reuses_the_loaded_pipeline(comfyui):
     url, base = comfyui
     log = base / "comfyui.log"
-    loads = lambda: log.read_text().count("SD3 Img2Img (local): loaded")
+
+    def loads() -> int:
+        return log.read_text().count("SD3 Img2Img (local): loaded")
     for seed in (10, 11):
         entry = wait_history(url, queue_prompt(url, local_prompt(seed=seed)), timeout=300)
         assert entry["status"]["status_str"] == "success"
@@ -140,7 +142,9 @@ def comfyui_log(base) -> str:
 
 def test_components_load_through_comfyuis_model_management_and_unload_models_releases_them(comfyui):
     url, base = comfyui
-    loads = lambda: comfyui_log(base).count("SD3 Img2Img (local): loaded")
+
+    def loads() -> int:
+        return comfyui_log(base).count("SD3 Img2Img (local): loaded")
     entry = wait_history(url, queue_prompt(url, local_prompt(seed=40)), timeout=300)
     assert entry["status"]["status_str"] == "success"
     # ComfyUI's load_models_gpu names each model it is asked to load.

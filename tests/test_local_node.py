@@ -472,7 +472,8 @@ def clip_only_reference(pipe, prompt, negative, image, seed, steps, strength, gu
         context, pooled = clip(prompt)
         negative_context, negative_pooled = clip(negative)
         out = pipe(image=image.permute(0, 3, 1, 2), height=image.shape[1], width=image.shape[2], strength=strength,
-                   num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed),
+                   num_inference_steps=steps, guidance_scale=guidance,
+                   generator=torch.Generator("cpu").manual_seed(seed),
                    prompt_embeds=context, pooled_prompt_embeds=pooled, negative_prompt_embeds=negative_context,
                    negative_pooled_prompt_embeds=negative_pooled, output_type="pt").images
     return out.permute(0, 2, 3, 1)

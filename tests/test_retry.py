@@ -46,7 +46,8 @@ def test_backoff_grows_is_capped_and_honours_retry_after():
 
 def test_app_ids_split_like_fals_clients():
     app = AppId.parse("fal-ai/stable-diffusion-v3-medium/image-to-image")
-    assert (app.owner, app.alias, app.path, app.namespace) == ("fal-ai", "stable-diffusion-v3-medium", "image-to-image", None)
+    assert (app.owner, app.alias, app.path, app.namespace) == (
+        "fal-ai", "stable-diffusion-v3-medium", "image-to-image", None)
     assert app.base == "fal-ai/stable-diffusion-v3-medium"
     assert AppId.parse("workflows/me/flow/x/y").base == "workflows/me/flow"
     assert AppId.parse("123-my-app").full == "123/my-app"

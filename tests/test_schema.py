@@ -32,7 +32,8 @@ def test_custom_size_limits_and_presets():
     assert schema.ImageSize.parse("landscape_16_9").dimensions == (1024, 576)
     assert schema.ImageSize.parse({"width": 512, "height": 768}).to_json() == {"width": 512, "height": 768}
     with pytest.raises(InputError) as info:
-        schema.validate({"image_url": "https://x.example/u.png", "prompt": "p", "image_size": {"width": 32, "height": 4000}})
+        schema.validate({"image_url": "https://x.example/u.png", "prompt": "p",
+                         "image_size": {"width": 32, "height": 4000}})
     assert [e.field for e in info.value.errors] == ["image_size.width", "image_size.height"]
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from comfyui_fal_sd3.fal_core import redaction
 from comfyui_fal_sd3.fal_core.config import Secret
 from comfyui_fal_sd3.fal_core.errors import (
-    AppError, AuthError, FalError, HTTPStatusError, InputError, ResponseError, SubmitUncertainError, TransportError,
+    AppError, AuthError, FalError, HTTPStatusError, InputError, ResponseError, TransportError,
 )
 from comfyui_fal_sd3.fal_core.schema import ImageSize
 from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img
@@ -155,7 +155,8 @@ def internal_service():
 
 def test_urls_in_a_submit_answer_that_leave_the_queue_host_are_not_followed(fal_env, internal_service):
     base = f"{internal_service.queue_url}/fal-ai/x/requests/stolen"
-    fal_env.fault("submit", patch={"status_url": base + "/status", "response_url": base, "cancel_url": base + "/cancel"})
+    fal_env.fault("submit", patch={"status_url": base + "/status", "response_url": base,
+                                   "cancel_url": base + "/cancel"})
     pic = picture()
     images, *_ = asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image": batch(pic)}))
     assert np.array_equal(as_uint8(images)[0], expected_output(pic, 0, None))
@@ -292,8 +293,9 @@ def test_a_request_id_never_becomes_a_path(fal_emulator, tmp_path):
     assert _file_stem("fal-../../etc/passwd") == "fal-______etc_passwd"
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "/etc/passwd", "javascript:alert(1)", "ftp://127.0.0.1/x.png",
-                                 "data:text/html,<script>alert(1)</script>", "http:///etc/passwd", "https://exa mple/x.png"])
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "/etc/passwd", "javascript:alert(1)",
+                                 "ftp://127.0.0.1/x.png", "data:text/html,<script>alert(1)</script>",
+                                 "http:///etc/passwd", "https://exa mple/x.png"])
 def test_image_url_takes_only_http_urls_and_image_data_uris(fal_env, url):
     with pytest.raises(InputError) as refused:
         asyncio.run(FalSD3Img2Img().run(**{**DEFAULTS, "image_url": url}))

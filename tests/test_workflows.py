@@ -74,7 +74,8 @@ def check_value(where, definition, value):
     elif kind == "STRING":
         assert isinstance(value, str), f"{where}: {value!r} is not a STRING"
     if "min" in options:
-        assert options["min"] <= value <= options["max"], f"{where}: {value!r} outside {options['min']}..{options['max']}"
+        assert options["min"] <= value <= options["max"], \
+            f"{where}: {value!r} outside {options['min']}..{options['max']}"
 
 
 def widget_slots(cls):
@@ -113,7 +114,7 @@ def test_ui_workflow(path):
         values = node.get("widgets_values", [])
         assert len(values) == len(slots), f"{path.name} node {node['id']} ({node['type']}): {len(values)} widget " \
                                           f"values for {len(slots)} widgets {slots}"
-        for name, value in zip(slots, values):
+        for name, value in zip(slots, values, strict=True):
             if name is not None:
                 check_value(f"{path.name} node {node['id']}.{name}", inputs[name], value)
             elif node["type"] != "LoadImage":
@@ -161,7 +162,7 @@ def test_ui_and_api_copies_agree(path):
     for node in server_nodes:
         twin = next(n for n in api.values() if n["class_type"] == node["type"])
         names = widget_slots(node_class(node["type"]))
-        widgets = {name: value for name, value in zip(names, node["widgets_values"]) if name is not None}
+        widgets = {name: value for name, value in zip(names, node["widgets_values"], strict=False) if name is not None}
         for name, value in widgets.items():
             if name in twin["inputs"] and not isinstance(twin["inputs"][name], list):
                 assert twin["inputs"][name] == value, f"{path.name} {node['type']}.{name}"

@@ -188,7 +188,8 @@ def save_single_file(path: Path, seed: int = 0, with_t5: bool = True) -> Path:
         **_transformer_to_original(transformer.state_dict(), transformer.config.num_layers),
         **_vae_to_original(parts["vae"].state_dict(), len(parts["vae"].config.down_block_types)),
     }
-    encoders = {"clip_l": "text_encoder", "clip_g": "text_encoder_2", **({"t5xxl": "text_encoder_3"} if with_t5 else {})}
+    encoders = {"clip_l": "text_encoder", "clip_g": "text_encoder_2",
+                **({"t5xxl": "text_encoder_3"} if with_t5 else {})}
     for name, component in encoders.items():
         for key, value in parts[component].state_dict().items():
             tensors[f"text_encoders.{name}.transformer.{key}"] = value.clone()  # T5 ties two names to one tensor
