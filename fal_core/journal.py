@@ -3,8 +3,9 @@ lost answer, a restart or a timeout never loses a result and a re-run never pays
 
 One JSON object per line, appended (never rewritten in place) under an exclusive lock, so two
 processes can share a journal; the records of a submit (``sending``, ``pending``) are flushed to
-disk (fsync) before the call they announce goes on, so a power cut cannot lose them. A request is identified by the fingerprint of
-the exact job (app, every field, seed included, and the input picture's content).
+disk (fsync) before the call they announce goes on, so a power cut cannot lose them. A request
+is identified by the fingerprint of the exact job (app, every field, seed included, and the input
+picture's content).
 
 Records (``time`` is the wall clock in seconds; later records of a fingerprint add to and
 override earlier ones, and the latest ``state`` is the entry's state):
