@@ -387,3 +387,16 @@ def test_the_editor_routes_answers_never_hold_a_key_fal_echoed(fal_emulator, mon
     assert answers[0][1]["ok"] is True and answers[1][1]["status"] == 401 and "***" in answers[1][1]["message"]
     text = json.dumps([body for _, body, _ in answers])
     assert not leaked(text) and not leaked(text, wrong)
+
+
+def test_folders_are_made_in_one_place_and_the_command_line_prints_through_redaction():
+    """Structure that keeps the guarantees when code is added: no other mkdir of the pack's own
+    folders (the command line's output folder is the user's), no print that skips redaction."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    makers = {p.relative_to(root).as_posix() for folder in ("fal_core", "nodes") for p in (root / folder).glob("*.py")
+              if ".mkdir(" in p.read_text()}
+    assert makers <= {"fal_core/private_files.py", "fal_core/cli.py"}, makers
+    cli_source = (root / "fal_core" / "cli.py").read_text()
+    assert cli_source.count(".mkdir(") == 1 and "out_dir.mkdir(" in cli_source
+    assert cli_source.count(" print(") == 1  # the one inside _print
