@@ -28,8 +28,8 @@ _EXPORTS = {
     "errors": [
         "FalError", "ConfigError", "MissingKeyError", "InputError", "FieldError", "FileError",
         "TransportError", "SubmitUncertainError", "HTTPStatusError", "AuthError", "ValidationError",
-        "ResponseError", "ResponseTooLarge", "RequestError", "AppError", "RequestTimeout", "RequestCancelled",
-        "JournalError", "ResultError", "ResultGoneError",
+        "ResponseError", "ResponseTooLarge", "RequestError", "JobError", "AppError", "RequestTimeout",
+        "RequestCancelled", "JournalError", "ResultError", "ResultGoneError",
     ],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

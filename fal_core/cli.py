@@ -30,6 +30,7 @@ from .journal import default_path as default_journal_path
 from .pricing import PriceCache
 from .queue import Update
 from .redaction import redact
+from .status import AppId
 
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 
@@ -232,6 +233,7 @@ async def _resolve_journal(fal: FalClient, book: Journal) -> None:
 
 
 async def _img2img(fal: FalClient, args: argparse.Namespace, book: Journal, report: _Reporter) -> None:
+    AppId.parse(args.app_id)  # bad input: refused before the price is asked for
     image = _read_image(args.image)
     params = _params(args)
     prices = PriceCache(book.path.parent / "prices.json")
@@ -239,9 +241,15 @@ async def _img2img(fal: FalClient, args: argparse.Namespace, book: Journal, repo
     # Once a day, fal's price is asked for while the job runs, for the next runs' records.
     refresh = asyncio.ensure_future(prices.refresh(fal.transport, args.app_id)) \
         if prices.needs_refresh(args.app_id) else None
-    result = await img2img(fal, image, params, app_id=args.app_id, image_mode=args.upload,
-                           on_update=report, timeout=args.timeout, decode=False, journal=book,
-                           force_new=args.force_new, cost=cost)
+    try:
+        result = await img2img(fal, image, params, app_id=args.app_id, image_mode=args.upload,
+                               on_update=report, timeout=args.timeout, decode=False, journal=book,
+                               force_new=args.force_new, cost=cost)
+    except BaseException:
+        if refresh is not None:  # the run failed: the price can wait for the next one
+            refresh.cancel()
+            await asyncio.gather(refresh, return_exceptions=True)
+        raise
     if refresh is not None:
         await refresh
     stem = f"{Path(args.image).stem if not isinstance(image, str) else 'fal'}-{result.handle.request_id[:8]}"

@@ -1,8 +1,10 @@
 """The exceptions fal_core raises, one hierarchy rooted at :class:`FalError`.
 
-Shaped after httpx's: callers catch the broad class they can act on (``RequestError`` for
-anything that went wrong with one fal request, ``HTTPStatusError`` for fal's answers) and read
-the attributes instead of parsing messages. Every message names what was wrong and what to do.
+Shaped after httpx's, and named as there: ``RequestError`` is what went wrong sending a request
+or reading its answer (``TransportError`` below it), ``HTTPStatusError`` fal's error answers;
+``JobError`` is how one queued job at fal ended badly. Callers catch the broad class they can act
+on and read the attributes instead of parsing messages. Every message names what was wrong and
+what to do; a plain ``ValueError`` or ``TypeError`` from fal_core is a bug in fal_core.
 
     FalError
     ├── ConfigError
@@ -10,14 +12,15 @@ the attributes instead of parsing messages. Every message names what was wrong a
     ├── InputError                    bad input, caught before anything is sent
     ├── JournalError                  the request journal cannot be read or written
     ├── FileError                     an image or file that cannot be read, fetched or decoded
-    ├── TransportError                the network failed, after retries
-    │   └── SubmitUncertainError      a submit may have reached fal; it was not sent again
+    ├── RequestError                  sending a request or reading its answer failed (as in httpx)
+    │   ├── TransportError            the network failed, after retries
+    │   │   └── SubmitUncertainError  a submit may have reached fal; it was not sent again
+    │   └── ResponseError             fal answered 2xx with something we cannot read
+    │       └── ResponseTooLarge      an answer, stream line or event over its size cap
     ├── HTTPStatusError               fal answered with an error status
     │   ├── AuthError                 401 / 403
     │   └── ValidationError           422, with every field path and message
-    ├── ResponseError                 fal answered 2xx with something we cannot read
-    │   └── ResponseTooLarge          an answer, stream line or event over its size cap
-    └── RequestError                  the outcome of one queued request
+    └── JobError                      how one queued job (a fal "request") ended badly
         ├── AppError                  the app ran and failed (COMPLETED with ``error``)
         ├── RequestTimeout            the overall timeout passed (the request was cancelled)
         ├── RequestCancelled          cancelled by the caller
@@ -95,7 +98,11 @@ class FileError(FalError):
     """An image or file that cannot be fetched, read or decoded."""
 
 
-class TransportError(FalError):
+class RequestError(FalError):
+    """Sending a request to fal or reading its answer failed (httpx's ``RequestError`` likewise)."""
+
+
+class TransportError(RequestError):
     """The network failed, and retries did not help.
 
     ``maybe_delivered`` is true when the server may have received the request anyway (the body
@@ -171,7 +178,7 @@ class ValidationError(HTTPStatusError):
         super().__init__(message, **kwargs)
 
 
-class ResponseError(FalError):
+class ResponseError(RequestError):
     """fal answered successfully with a body we cannot interpret."""
 
 
@@ -179,15 +186,15 @@ class ResponseTooLarge(ResponseError):
     """An answer (or a line or event of the status stream) over its cap, dropped unread."""
 
 
-class RequestError(FalError):
-    """Something ended one queued request. ``request_id`` names it for fal's dashboard."""
+class JobError(FalError):
+    """Something ended one queued job (a fal "request"). ``request_id`` names it for fal's dashboard."""
 
     def __init__(self, message: str, *, request_id: str | None = None) -> None:
         self.request_id = request_id
         super().__init__(message)
 
 
-class AppError(RequestError):
+class AppError(JobError):
     """The app ran and reported a failure (status COMPLETED with ``error``)."""
 
     def __init__(self, message: str, *, request_id: str | None, error: str, error_type: str | None) -> None:
@@ -196,19 +203,19 @@ class AppError(RequestError):
         super().__init__(message, request_id=request_id)
 
 
-class RequestTimeout(RequestError, TimeoutError):
+class RequestTimeout(JobError, TimeoutError):
     """The overall timeout passed while waiting; the request was cancelled at fal."""
 
 
-class RequestCancelled(RequestError):
+class RequestCancelled(JobError):
     """The caller asked to stop; the request was cancelled at fal."""
 
 
-class ResultError(RequestError):
+class ResultError(JobError):
     """fal completed the request, but fetching its result failed for good (the reason is kept)."""
 
 
-class ResultGoneError(RequestError):
+class ResultGoneError(JobError):
     """fal completed the request (and billed it) but no longer keeps its result.
 
     fal keeps a result 1 h after completion, 6 min when it is 10 KB or larger (``sync_mode``).

@@ -20,7 +20,7 @@ from urllib.parse import unquote_to_bytes
 import numpy as np
 from PIL import Image
 
-from .errors import FileError
+from .errors import FieldError, FileError, InputError
 
 PNG_LEVEL = 2
 JPEG_QUALITY = 95
@@ -40,11 +40,13 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
 
 def _as_hwc(array: np.ndarray) -> np.ndarray:
     if array.dtype != np.uint8:
-        raise ValueError(f"image array: expected dtype uint8, got {array.dtype}; scale floats to 0..255 first")
+        raise InputError([FieldError("image", f"array of {array.dtype}",
+                                     "expected dtype uint8; scale floats to 0..255 first")])
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in _COLOR_TYPES or 0 in array.shape:
-        raise ValueError(f"image array: expected (H, W) or (H, W, C) with C in 1..4, got shape {array.shape}")
+        raise InputError([FieldError("image", f"array of shape {array.shape}",
+                                     "expected (H, W) or (H, W, C) with C in 1..4")])
     return np.ascontiguousarray(array)
 
 
@@ -72,7 +74,8 @@ def encode_jpeg(array: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """JPEG of an RGB or grey uint8 array. JPEG has no alpha: an RGBA array is refused."""
     array = _as_hwc(array)
     if array.shape[2] in (2, 4):
-        raise ValueError("JPEG has no alpha channel: drop it (array[..., :3]) or encode as PNG")
+        raise InputError([FieldError("image_format", "jpeg",
+                                     "JPEG has no alpha channel: drop it (array[..., :3]) or encode as PNG")])
     out = io.BytesIO()
     Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(out, "JPEG", quality=quality)
     return out.getvalue()
@@ -84,7 +87,7 @@ def encode(array: np.ndarray, fmt: str = "png", *, quality: int = JPEG_QUALITY) 
         return encode_png(array), "image/png"
     if fmt == "jpeg":
         return encode_jpeg(array, quality), "image/jpeg"
-    raise ValueError(f"image format {fmt!r}: use 'png' or 'jpeg'")
+    raise InputError([FieldError("image_format", fmt, "use 'png' or 'jpeg'")])
 
 
 def to_data_uri(data: bytes, mime: str) -> str:

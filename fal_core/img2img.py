@@ -21,7 +21,7 @@ from .journal import Journal, ResultFiles, fingerprint
 from .journaled import JournaledRequest
 from .queue import OnUpdate, ShouldCancel, Update
 from .schema import Img2ImgOutput
-from .status import RequestHandle, Status
+from .status import AppId, RequestHandle, Status
 
 # An image is an (H,W,C) uint8 array, encoded bytes, or a URL fal can read (http(s) or data:).
 ImageInput = Union[np.ndarray, bytes, str]
@@ -99,6 +99,7 @@ async def img2img(
     submit (or a lost submit is found in fal's history), for the spend totals; a reused or
     reattached request adds none.
     """
+    AppId.parse(app_id)  # a bad id is bad input: refused before anything is journaled or sent
     fields = check_params(params, image)
     fields.pop("image_url")
     deadline = Deadline(timeout)

@@ -34,7 +34,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from .client import FalClient
 from .deadline import LATE_GRACE, Deadline
 from .errors import (
-    AppError, AuthError, FalError, HTTPStatusError, JournalError, RequestCancelled, RequestError, RequestTimeout,
+    AppError, AuthError, FalError, HTTPStatusError, JournalError, RequestCancelled, JobError, RequestTimeout,
     ResultError, ResultGoneError, SubmitUncertainError, ValidationError,
 )
 from .history import HistoryItem
@@ -266,7 +266,7 @@ class JournaledRequest:
             message = (f"fal ran request {handle.request_id} and it failed (HTTP {item.status_code} in fal's "
                        "request history); failed requests are not billed, so a re-run sends a new one.")
             self._note("failed", handle.request_id, message)
-            raise RequestError(message, request_id=handle.request_id)
+            raise JobError(message, request_id=handle.request_id)
         message = (f"fal no longer keeps the result of request {handle.request_id} (it keeps results 1 h after "
                    "completion, 6 min when they are 10 KB or larger, as with sync_mode), and its request history "
                    f"holds no output for it{reason}. If it completed, it was paid: nothing was sent again.")
@@ -337,7 +337,7 @@ class JournaledRequest:
             message = (f"The lost submit is request {item.request_id} in fal's request history; it failed at fal "
                        f"(HTTP {item.status_code}). Failed requests are not billed, so a re-run sends a new one.")
             self._note("failed", item.request_id, message)
-            raise RequestError(message, request_id=item.request_id)
+            raise JobError(message, request_id=item.request_id)
         return await self._follow(handle, known=item)
 
     def _uncertain(self, entry: Entry, cause: SubmitUncertainError | None, advice: str) -> SubmitUncertainError:

@@ -19,8 +19,8 @@ from typing import Any, AsyncGenerator, AsyncIterator, Callable, Mapping
 import httpx
 
 from .errors import (
-    AppError, AuthError, FalError, HTTPStatusError, RequestCancelled, RequestTimeout, ResponseError,
-    ResponseTooLarge, ResultError, SubmitUncertainError, TransportError, ValidationError,
+    AppError, AuthError, FalError, FieldError, HTTPStatusError, InputError, RequestCancelled, RequestTimeout,
+    ResponseError, ResponseTooLarge, ResultError, SubmitUncertainError, TransportError, ValidationError,
 )
 from .redaction import excerpt
 from .retry import NO_RETRY, SUBMIT_REFUSED, RetryPolicy
@@ -134,11 +134,11 @@ class QueueClient:
             headers["X-Fal-Runner-Hint"] = runner_hint
         if priority is not None:
             if priority not in PRIORITIES:
-                raise ValueError(f"priority={priority!r}: use one of {', '.join(PRIORITIES)}")
+                raise InputError([FieldError("priority", priority, f"use one of {', '.join(PRIORITIES)}")])
             headers["X-Fal-Queue-Priority"] = priority
         if start_timeout is not None:
             if start_timeout <= 1:
-                raise ValueError(f"start_timeout={start_timeout!r}: fal needs more than 1 second")
+                raise InputError([FieldError("start_timeout", start_timeout, "fal needs more than 1 second")])
             headers["X-Fal-Request-Timeout"] = str(float(start_timeout))
         url = f"{self.queue_url}/{app.full}"
         try:

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import schema
 from .client import FalClient
-from .errors import AppError, FieldError, InputError, RequestError
+from .errors import AppError, FieldError, InputError, JobError
 from .files import fetch_image
 from .journal import COMPLETED, PENDING, Entry, Journal, ResultFiles
 from .schema import Img2ImgOutput
@@ -68,7 +68,7 @@ async def recover(client: FalClient, journal: Journal, request_id: str = "", *, 
         status = await client.queue.status(handle, logs=False)
         if not status.completed:
             where = f" at position {status.queue_position}" if status.queue_position is not None else ""
-            raise RequestError(f"Request {request_id} is still {status.state.replace('_', ' ').lower()}{where} at "
+            raise JobError(f"Request {request_id} is still {status.state.replace('_', ' ').lower()}{where} at "
                                "fal; run this node again once it has finished (it is paid already, nothing is "
                                "sent again).", request_id=request_id)
         if status.error:

@@ -44,10 +44,9 @@ class AppId:
                 parts = list(match.groups())
         namespace = parts.pop(0) if parts and parts[0] in NAMESPACES else None
         if len(parts) < 2:
-            raise ValueError(
-                f"app id {endpoint_id!r}: use the form owner/alias[/path], "
-                "for example 'fal-ai/stable-diffusion-v3-medium/image-to-image'"
-            )
+            raise InputError([FieldError(
+                "app_id", endpoint_id,
+                "use the form owner/alias[/path], for example 'fal-ai/stable-diffusion-v3-medium/image-to-image'")])
         return cls(owner=parts[0], alias=parts[1], path="/".join(parts[2:]) or None, namespace=namespace)
 
     @property

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .errors import AuthError, HTTPStatusError, ResponseError, TransportError
+from .errors import AuthError, FieldError, HTTPStatusError, InputError, ResponseError, TransportError
 from .images import to_data_uri
 from .private_files import private_folder
 from .redaction import excerpt
@@ -132,7 +132,7 @@ class Storage:
         """A URL fal can read the image from: a data URI (``mode`` "data_uri", or "auto" for
         small files) or an upload ("upload", or "auto" above ``inline_limit`` bytes)."""
         if mode not in ("auto", "data_uri", "upload"):
-            raise ValueError(f"mode={mode!r}: use 'auto', 'data_uri' or 'upload'")
+            raise InputError([FieldError("mode", mode, "use 'auto', 'data_uri' or 'upload'")])
         if mode == "data_uri" or (mode == "auto" and len(data) <= inline_limit):
             return to_data_uri(data, content_type)
         return await self.upload(data, content_type)

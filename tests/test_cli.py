@@ -96,6 +96,17 @@ def test_bad_input_exits_2_without_network(fal_emulator, env, tmp_path):
     assert fal_emulator.calls() == []
 
 
+def test_a_bad_app_id_is_a_message_and_exit_2_before_anything_is_journaled_or_sent(fal_emulator, env, tmp_path):
+    source = tmp_path / "in.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(source)
+    out = cli("--app-id", "bad", "img2img", str(source), "-p", "cat", env=env)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "app_id='bad': use the form owner/alias[/path]" in out.stderr
+    assert fal_emulator.calls() == []
+    assert not (tmp_path / "journal.jsonl").exists()
+
+
 def test_missing_key_says_how_to_set_it(tmp_path):
     source = tmp_path / "in.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(source)

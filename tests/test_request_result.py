@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_fal_sd3.fal_core.errors import InputError, RequestError
+from comfyui_fal_sd3.fal_core.errors import InputError, JobError
 from comfyui_fal_sd3.fal_core.schema import ENDPOINT
 from comfyui_fal_sd3.fal_core.status import RequestHandle
 from comfyui_fal_sd3.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, session
@@ -106,7 +106,7 @@ def test_a_pending_request_in_the_journal_is_finished_and_kept(node_env):
 def test_a_request_still_running_is_reported_and_never_cancelled(node_env):
     node_env.job_seconds = 30
     rid = submit_elsewhere(node_env, picture(5))
-    with pytest.raises(RequestError, match=f"{rid} is still in progress at fal; run this node again"):
+    with pytest.raises(JobError, match=f"{rid} is still in progress at fal; run this node again"):
         recover(rid)
     assert node_env.count("cancel") == 0 and node_env.count("submit") == 1
 
