@@ -9,32 +9,68 @@ only the schema then, not httpx or the image codecs.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+# Which module holds each public name, for the imports on first use below.
 _EXPORTS = {
     "client": ["FalClient"],
     "sync": ["SyncFalClient"],
     "config": ["FalConfig", "Secret"],
     "retry": ["RetryPolicy"],
-    "queue": ["QueueClient", "Completion", "Update"],
+    "queue": ["QueueClient", "Completion", "Update", "OnUpdate"],
     "storage": ["Storage", "UploadCache"],
     "status": ["RequestHandle", "Status"],
     "schema": ["ENDPOINT", "FIELDS", "ImageSize", "Img2ImgOutput"],
-    "img2img": ["Img2ImgResult", "img2img", "img2img_batch"],
+    "img2img": ["ImageInput", "Img2ImgResult", "img2img", "img2img_batch"],
+    "journal": ["Journal", "ResultFiles"],
     "pricing": ["Price", "PriceCache"],
     "budget": ["Budget", "BudgetExceeded"],
     "recovery": ["Recovered", "recover"],
     "errors": [
         "FalError", "ConfigError", "MissingKeyError", "InputError", "FieldError", "FileError",
-        "TransportError", "SubmitUncertainError", "HTTPStatusError", "AuthError", "ValidationError",
-        "ResponseError", "ResponseTooLarge", "RequestError", "JobError", "AppError", "RequestTimeout",
-        "RequestCancelled", "JournalError", "ResultError", "ResultGoneError",
+        "RequestError", "TransportError", "SubmitUncertainError", "ResponseError", "ResponseTooLarge",
+        "HTTPStatusError", "AuthError", "ValidationError", "JournalError",
+        "JobError", "AppError", "RequestTimeout", "RequestCancelled", "ResultError", "ResultGoneError",
     ],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = ["__version__", *_MODULE_OF]
+# Written out for type checkers, editors and linters, which read neither _EXPORTS nor __getattr__;
+# tests/test_package.py checks that the three lists name the same things.
+__all__ = [
+    "__version__",
+    "FalClient", "SyncFalClient", "FalConfig", "Secret", "RetryPolicy",
+    "QueueClient", "Completion", "Update", "OnUpdate", "Storage", "UploadCache", "RequestHandle", "Status",
+    "ENDPOINT", "FIELDS", "ImageSize", "Img2ImgOutput",
+    "ImageInput", "Img2ImgResult", "img2img", "img2img_batch", "Journal", "ResultFiles",
+    "Price", "PriceCache", "Budget", "BudgetExceeded", "Recovered", "recover",
+    "FalError", "ConfigError", "MissingKeyError", "InputError", "FieldError", "FileError",
+    "RequestError", "TransportError", "SubmitUncertainError", "ResponseError", "ResponseTooLarge",
+    "HTTPStatusError", "AuthError", "ValidationError", "JournalError",
+    "JobError", "AppError", "RequestTimeout", "RequestCancelled", "ResultError", "ResultGoneError",
+]
+
+if TYPE_CHECKING:
+    from .budget import Budget, BudgetExceeded
+    from .client import FalClient
+    from .config import FalConfig, Secret
+    from .errors import (
+        AppError, AuthError, ConfigError, FalError, FieldError, FileError, HTTPStatusError, InputError, JobError,
+        JournalError, MissingKeyError, RequestCancelled, RequestError, RequestTimeout, ResponseError,
+        ResponseTooLarge, ResultError, ResultGoneError, SubmitUncertainError, TransportError, ValidationError,
+    )
+    from .img2img import ImageInput, Img2ImgResult, img2img, img2img_batch
+    from .journal import Journal, ResultFiles
+    from .pricing import Price, PriceCache
+    from .queue import Completion, OnUpdate, QueueClient, Update
+    from .recovery import Recovered, recover
+    from .retry import RetryPolicy
+    from .schema import ENDPOINT, FIELDS, ImageSize, Img2ImgOutput
+    from .status import RequestHandle, Status
+    from .storage import Storage, UploadCache
+    from .sync import SyncFalClient
 
 
 def __getattr__(name: str):

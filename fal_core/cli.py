@@ -21,7 +21,7 @@ from . import budget, schema, spend
 from .client import FalClient
 from .errors import ConfigError, FalError, InputError
 from .files import fetch_bytes
-from .images import decode_image, encode_png, sniff_mime
+from .images import decode_image, encode_png, extension, sniff_mime
 from .img2img import img2img
 from .deadline import Deadline
 from .journal import COMPLETED, UNCERTAIN, Journal, ResultFiles
@@ -31,8 +31,6 @@ from .pricing import PriceCache
 from .queue import Update
 from .redaction import redact
 from .status import AppId
-
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 
 
 def _print(text: object, *, file=None, flush: bool = False) -> None:
@@ -164,7 +162,7 @@ async def _save(fal: FalClient, urls: Sequence[str], out_dir: Path, stem: str,
     for i, url in enumerate(urls):
         data, mime = await fetch_bytes(fal.transport, url, what=f"result image {i + 1}", store=store)
         mime = sniff_mime(data) or (mime or "").split(";")[0]
-        path = out_dir / f"{_file_stem(stem)}-{i}{_EXTENSIONS.get(mime, '.bin')}"
+        path = out_dir / f"{_file_stem(stem)}-{i}.{extension(mime)}"
         path.write_bytes(data)
         paths.append(path)
     return paths

@@ -31,7 +31,12 @@ MAX_BYTES = 256 * 1024 * 1024
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (grey, grey+alpha, RGB, RGBA)
-MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def extension(mime: str) -> str:
+    """The file extension (no dot) a picture of type ``mime`` is saved and uploaded under."""
+    return _EXTENSIONS.get(mime, "bin")
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from .errors import FieldError, InputError, ResponseError
 from .redaction import excerpt
@@ -320,12 +320,3 @@ class Img2ImgOutput:
             timings=dict(data.get("timings") or {}),
             extra={k: v for k, v in data.items() if k not in known},
         )
-
-
-def defaults() -> dict[str, Any]:
-    """The optional fields' defaults, as fal documents them."""
-    return {f.name: f.default for f in FIELDS.values() if not f.required and f.default is not None}
-
-
-def field_names() -> Iterable[str]:
-    return FIELDS.keys()

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import AuthError, FieldError, HTTPStatusError, InputError, ResponseError, TransportError
-from .images import to_data_uri
+from .images import extension, to_data_uri
 from .private_files import private_folder
 from .redaction import excerpt
 from .retry import RetryPolicy
@@ -39,7 +39,6 @@ CDN_RETRY = RetryPolicy(attempts=2, base=0.25, cap=1.0)
 TOKEN_MARGIN = 60.0
 UPLOAD_TTL = 24 * 3600.0
 
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
 class UploadCache:
@@ -112,7 +111,7 @@ class Storage:
         future = asyncio.get_running_loop().create_future()
         self._pending[digest] = future
         try:
-            name = file_name or f"{digest[:16]}.{_EXTENSIONS.get(content_type, 'bin')}"
+            name = file_name or f"{digest[:16]}.{extension(content_type)}"
             url = await self._upload(data, content_type, name)
             self.cache.put(digest, url)
             future.set_result(url)

@@ -32,3 +32,17 @@ def test_import_registers_nodes_and_loads_nothing_heavy():
     assert "./web" in mappings
     # No top-level "nodes" or "fal_core" either: everything stays inside the pack's package.
     assert heavy == "[]"
+
+
+def test_public_names_are_listed_alike_for_tools_and_resolve():
+    import ast
+
+    import comfyui_fal_sd3.fal_core as fal_core
+
+    tree = ast.parse((ROOT / "fal_core" / "__init__.py").read_text())
+    typed = {alias.name: node.module for block in tree.body if isinstance(block, ast.If)
+             for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert typed == fal_core._MODULE_OF
+    assert sorted(fal_core.__all__) == sorted(["__version__", *fal_core._MODULE_OF])
+    for name in fal_core.__all__:
+        assert getattr(fal_core, name) is not None
