@@ -27,6 +27,7 @@ load_pack()
 sys.path.insert(0, str(ROOT / "tests"))  # the emulator lives with the tests
 from comfyui_fal_sd3.fal_core import journaled  # noqa: E402
 from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img  # noqa: E402
+from comfyui_fal_sd3.fal_core.schema import ENDPOINT  # noqa: E402
 from fal_emulator import FalEmulator, expected_output  # noqa: E402
 
 JOB_SECONDS = 0.3
@@ -161,7 +162,46 @@ def main() -> int:
         shown = " | ".join(dict.fromkeys(outcomes)) if len(set(outcomes)) == 1 else " | ".join(outcomes)
         print(f"{name:<42}{kind:<10}{accepted:>9}{billed:>7}{seconds:7.2f}  {shown}{note}")
     print(f"\nall rows meet the target: {met}")
+    compare_fal_client(pixels)
     return 0
+
+
+# The submit faults, for fal's own Python client, run as a user would: again after an error, up to
+# RUNS times, until a result comes back.
+SUBMIT_FAULTS = [row for row in MATRIX if row[2] and row[2][0][0] == "submit" and row[1] == RECOVERS]
+
+
+def compare_fal_client(pixels: np.ndarray) -> None:
+    try:
+        import fal_client
+        import fal_client.client as internals
+    except ImportError:
+        print("\n(fal-client is not installed: pip install fal-client for its column)")
+        return
+    from comfyui_fal_sd3.fal_core.images import encode_png, to_data_uri
+
+    arguments = {"image_url": to_data_uri(encode_png(pixels), "image/png"), "prompt": PARAMS["prompt"],
+                 "seed": PARAMS["seed"]}
+    print(f"\nThe submit faults again, each run until a result comes back (at most {RUNS} runs): submits fal "
+          "accepted\n")
+    print(f"{'fault':<42}{'fal_core':>9}{'fal-client ' + fal_client.__version__:>18}  fal-client's first run")
+    for name, _, faults, _, _ in SUBMIT_FAULTS:
+        with FalEmulator(job_seconds=JOB_SECONDS) as emu:
+            internals.QUEUE_URL_FORMAT = emu.queue_url + "/"  # its hosts are fixed to https://queue.fal.run
+            for kind, options in faults:
+                emu.fault(kind, **options)
+            outcomes = []
+            for _ in range(RUNS):
+                async def once():
+                    client = fal_client.AsyncClient(key=emu.key)
+                    return await asyncio.wait_for(client.subscribe(ENDPOINT, arguments=arguments), TIMEOUT * 4)
+                try:
+                    asyncio.run(once())
+                    outcomes.append("result")
+                    break
+                except Exception as exc:  # whatever its user would see
+                    outcomes.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:40] if str(exc) else ''}")
+            print(f"{name:<42}{1:>9}{emu.accepted():>18}  {outcomes[0]}")
 
 
 if __name__ == "__main__":
