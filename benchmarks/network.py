@@ -118,6 +118,12 @@ def main() -> int:
     print(f"\n{'RTT':>4} {'1 picture s':>12}{'4 pictures s':>13}{'ratio':>7}   (fal_core, warm, median)")
     for rtt, r in batches.items():
         print(f"{rtt * 1000:4.0f} {r['one_wall']:12.2f}{r['batch_wall']:13.2f}{r['batch_ratio']:7.2f}")
+    print(f"\nthe node's own CPU per run, ms (median of 9; at RTT {rows[0][0] * 1000:.0f} ms)")
+    names = list(rows[0][2]["steps"])
+    print(f"{'client':<20}" + "".join(f"{n:>11}" for n in names))
+    for rtt, name, r in rows:
+        if rtt == rows[0][0] and "steps" in r:
+            print(f"{name:<20}" + "".join(f"{r['steps'].get(n, float('nan')) * 1000:11.2f}" for n in names))
     ours = {rtt: r for rtt, n, r in rows if n == "fal_core"}
     if 0.05 in ours and 0.05 in batches:
         r, rtt, floor = ours[0.05], 0.05, 3 * 0.05 + cpu
@@ -201,25 +207,49 @@ def node_child(runs: int, pack: Path) -> dict:
     batches = [counter.measure(run(four, 2000 + 10 * i))[0] + JOB_SECONDS for i in range(3)]
     result = summary(first, warm)
     one_wall, batch_wall = statistics.median(singles), statistics.median(batches)
-    result.update(one_wall=one_wall, batch_wall=batch_wall, batch_ratio=batch_wall / one_wall, cpu=node_cpu(pixels))
+    steps = node_cpu(pixels)
+    result.update(one_wall=one_wall, batch_wall=batch_wall, batch_ratio=batch_wall / one_wall, cpu=unavoidable(steps), steps=steps)
     return result
 
 
-def node_cpu(pixels) -> float:
-    """What any node must compute: tensor -> uint8 -> PNG, and the result PNG -> uint8 -> tensor."""
+def unavoidable(steps: dict) -> float:
+    """The CPU no node can skip: the conversions and codecs, not the journal."""
+    return sum(v for k, v in steps.items() if k != "journal")
+
+
+def node_cpu(pixels) -> dict:
+    """Median seconds of the node's own work on a run: what any node must compute (tensor ->
+    uint8 -> PNG, the result PNG -> uint8 -> tensor), and the journal's two records."""
+    import uuid
+
     import torch
     from comfyui_fal_sd3.fal_core.images import decode_image, encode
+    from comfyui_fal_sd3.fal_core.journal import Journal
+    from comfyui_fal_sd3.fal_core.status import RequestHandle
     from comfyui_fal_sd3.nodes.tensors import from_uint8, to_uint8
 
     tensor = torch.from_numpy(pixels[None].copy()).float() / 255.0
+    array = to_uint8(tensor)[0]
     png, _ = encode(pixels, "png")
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        encode(to_uint8(tensor)[0], "png")
-        from_uint8([decode_image(png)])
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    decoded = decode_image(png)
+    steps = {"to_uint8": lambda: to_uint8(tensor), "encode": lambda: encode(array, "png"),
+             "decode": lambda: decode_image(png), "from_uint8": lambda: from_uint8([decoded])}
+    with tempfile.TemporaryDirectory() as folder:
+        book = Journal(Path(folder) / "journal.jsonl")
+
+        def journal():
+            request_id = str(uuid.uuid4())
+            handle = RequestHandle.from_request_id("https://queue.fal.run", ENDPOINT, request_id)
+            book.submitted("f" * 64, handle, {"prompt": "a watercolor"})
+            book.completed("f" * 64, request_id, {"images": [{"url": "https://v3.fal.media/files/x.png"}]})
+        steps["journal"] = journal
+        times = {name: [] for name in steps}
+        for _ in range(9):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def fal_client_child(runs: int, pack: Path) -> dict:

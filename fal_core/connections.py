@@ -189,7 +189,8 @@ class Pool:
             http1=True, http2=HTTP2, network_backend=self.backend)
         self.http = httpx.AsyncClient(timeout=timeout, headers=headers, trust_env=True, verify=context,
                                       limits=LIMITS, http2=HTTP2, transport=transport)
-        self._proxied = bool(urllib.request.getproxies())
+        # getproxies() also lists NO_PROXY (as "no"), which alone routes nothing through a proxy.
+        self._proxied = any(scheme in urllib.request.getproxies() for scheme in ("http", "https", "all"))
 
     def preconnect(self, url: str, count: int = 1) -> None:
         """Make sure ``count`` connections to ``url``'s origin are idle or opening.

@@ -163,3 +163,18 @@ def test_preparing_at_start_loads_the_run_and_sends_nothing(fal_env):
     session.prepare().join(30)
     assert session.engine().loop.is_running()
     assert fal_env.connections() == {"api": 0, "cdn": 0} and fal_env.calls() == []
+
+
+def test_the_cdn_connection_opens_while_the_job_runs(monkeypatch):
+    with FalEmulator(rtt=RTT, tls=True, job_seconds=0.5) as emu:
+        monkeypatch.setenv("SSL_CERT_FILE", emu.ca_file)
+
+        async def job():
+            async with FalClient(key=emu.key, queue_url=emu.queue_url, rest_url=emu.rest_url,
+                                 cdn_url=emu.cdn_url) as fal:
+                return await img2img(fal, picture(), {"prompt": "a cat", "seed": 1})
+        asyncio.run(job())
+        result, download = emu.calls("result")[0], emu.calls("file")[0]
+        # The answer's way back and the download's way out: no TCP or TLS round trip left to pay.
+        assert RTT <= download.time - result.time < RTT + SLACK
+        assert emu.connections() == {"api": 1, "cdn": 1}
