@@ -228,9 +228,14 @@ def node_cpu(pixels) -> dict:
     from comfyui_fal_sd3.fal_core.status import RequestHandle
     from comfyui_fal_sd3.nodes.tensors import from_uint8, to_uint8
 
+    from PIL import Image
+
     tensor = torch.from_numpy(pixels[None].copy()).float() / 255.0
     array = to_uint8(tensor)[0]
-    png, _ = encode(pixels, "png")
+    # The result as the emulator sends it (Pillow, compress level 1), not our own encoding.
+    buf = io.BytesIO()
+    Image.fromarray(255 - pixels).save(buf, "PNG", compress_level=1)
+    png = buf.getvalue()
     decoded = decode_image(png)
     steps = {"to_uint8": lambda: to_uint8(tensor), "encode": lambda: encode(array, "png"),
              "decode": lambda: decode_image(png), "from_uint8": lambda: from_uint8([decoded])}

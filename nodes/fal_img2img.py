@@ -7,6 +7,7 @@ batch is one fal request (``num_images`` results each), run concurrently, seed +
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -131,6 +132,10 @@ class FalSD3Img2Img:
             # Checked by the schema like any value: a wrong type is a clear error, not an AttributeError.
             "sync_mode": sync_mode, "image_size": image_size,
         }
+        # The first connections open now, while the journal is read and the pictures encoded. A
+        # configuration that cannot give a client fails the run below, where it is reported.
+        with contextlib.suppress(Exception):
+            engine().soon(preconnect, client(), params, min(len(sources), DEFAULT_CONCURRENCY))
         bar = comfy.Progress(len(sources) * STEPS, unique_id)
         interrupted = False
 
@@ -157,9 +162,7 @@ class FalSD3Img2Img:
         cost = {"amount": round(price.cost(num_images), 6), "currency": price.currency, "source": price.source}
         status.cost = cost
         try:
-            # The first connections open now, while the journal is read and the pictures encoded.
             fal, background = client(), engine()
-            background.soon(preconnect, fal, params, min(len(sources), DEFAULT_CONCURRENCY))
             # Pruned here rather than at start-up: the pack's import must stay free of disk work.
             await asyncio.to_thread(lambda: (book.prune(), downloads.prune(),
                                              session.check_budget(book, cost["amount"] * len(sources), price.currency)))
