@@ -3,6 +3,7 @@ prompt's event loop, counted by the connections the emulator accepted."""
 
 import asyncio
 import json
+import shutil
 import ssl
 import threading
 import time
@@ -20,6 +21,8 @@ from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img
 from fal_emulator import FalEmulator, expected_output
 
 RTT = 0.2
+# The emulator's test CA is made with the openssl command.
+needs_openssl = pytest.mark.skipif(not shutil.which("openssl"), reason="the TLS mode needs the openssl command")
 # Less than one round trip: a charge too many or too few shows, a busy machine does not.
 SLACK = 0.75 * RTT
 DEFAULTS = dict(prompt="a cat", negative_prompt="", prompt_expansion=False, num_inference_steps=28, seed=42,
@@ -42,7 +45,7 @@ def timed_get(client: httpx.Client, url: str) -> float:
     return time.perf_counter() - start
 
 
-@pytest.mark.parametrize("tls", [False, True])
+@pytest.mark.parametrize("tls", [False, pytest.param(True, marks=needs_openssl)])
 def test_latency_model_charges_a_round_trip_per_request_and_per_handshake(tls):
     with FalEmulator(rtt=RTT, tls=tls) as emu:
         verify = ssl.create_default_context(cafile=emu.ca_file) if tls else True
@@ -142,6 +145,7 @@ def test_cancel_reaches_fal_within_a_second_over_the_pool(fal_env, monkeypatch):
     assert fal_env.connections()["api"] == 2
 
 
+@needs_openssl
 def test_the_tls_path_with_the_test_ca(monkeypatch):
     with FalEmulator(tls=True) as emu:
         monkeypatch.setenv("SSL_CERT_FILE", emu.ca_file)
@@ -165,6 +169,7 @@ def test_preparing_at_start_loads_the_run_and_sends_nothing(fal_env):
     assert fal_env.connections() == {"api": 0, "cdn": 0} and fal_env.calls() == []
 
 
+@needs_openssl
 def test_the_cdn_connection_opens_while_the_job_runs(monkeypatch):
     with FalEmulator(rtt=RTT, tls=True, job_seconds=0.5) as emu:
         monkeypatch.setenv("SSL_CERT_FILE", emu.ca_file)
