@@ -22,7 +22,7 @@ _EXPORTS = {
     "queue": ["QueueClient", "Completion", "Update", "OnUpdate"],
     "storage": ["Storage", "UploadCache"],
     "status": ["RequestHandle", "Status"],
-    "schema": ["ENDPOINT", "FIELDS", "ImageSize", "Img2ImgOutput"],
+    "schema": ["ENDPOINT", "FIELDS", "SD3", "Endpoint", "Field", "ImageSize", "Img2ImgOutput"],
     "img2img": ["ImageInput", "Img2ImgResult", "img2img", "img2img_batch"],
     "journal": ["Journal", "ResultFiles"],
     "pricing": ["Price", "PriceCache"],
@@ -43,7 +43,7 @@ __all__ = [
     "__version__",
     "FalClient", "SyncFalClient", "FalConfig", "Secret", "RetryPolicy",
     "QueueClient", "Completion", "Update", "OnUpdate", "Storage", "UploadCache", "RequestHandle", "Status",
-    "ENDPOINT", "FIELDS", "ImageSize", "Img2ImgOutput",
+    "ENDPOINT", "FIELDS", "SD3", "Endpoint", "Field", "ImageSize", "Img2ImgOutput",
     "ImageInput", "Img2ImgResult", "img2img", "img2img_batch", "Journal", "ResultFiles",
     "Price", "PriceCache", "Budget", "BudgetExceeded", "Recovered", "recover",
     "FalError", "ConfigError", "MissingKeyError", "InputError", "FieldError", "FileError",
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from .queue import Completion, OnUpdate, QueueClient, Update
     from .recovery import Recovered, recover
     from .retry import RetryPolicy
-    from .schema import ENDPOINT, FIELDS, ImageSize, Img2ImgOutput
+    from .schema import ENDPOINT, FIELDS, SD3, Endpoint, Field, ImageSize, Img2ImgOutput
     from .status import RequestHandle, Status
     from .storage import Storage, UploadCache
     from .sync import SyncFalClient

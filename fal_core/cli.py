@@ -41,7 +41,7 @@ def _print(text: object, *, file=None, flush: bool = False) -> None:
 
 def _add_schema_options(parser: argparse.ArgumentParser) -> None:
     """One option per schema field, named after it, with its default and range in the help."""
-    for spec in schema.FIELDS.values():
+    for spec in schema.SD3.fields.values():
         if spec.name in ("image_url", "prompt"):
             continue
         flag = "--" + spec.name.replace("_", "-")
@@ -240,7 +240,7 @@ async def _img2img(fal: FalClient, args: argparse.Namespace, book: Journal, repo
     refresh = asyncio.ensure_future(prices.refresh(fal.transport, args.app_id)) \
         if prices.needs_refresh(args.app_id) else None
     try:
-        result = await img2img(fal, image, params, app_id=args.app_id, image_mode=args.upload,
+        result = await img2img(fal, image, params, endpoint=schema.SD3.at(args.app_id), image_mode=args.upload,
                                on_update=report, timeout=args.timeout, decode=False, journal=book,
                                force_new=args.force_new, cost=cost)
     except BaseException:

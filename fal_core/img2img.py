@@ -20,7 +20,7 @@ from .images import encode, image_dimensions, sniff_mime
 from .journal import Journal, ResultFiles, fingerprint
 from .journaled import JournaledRequest
 from .queue import OnUpdate, ShouldCancel, Update
-from .schema import Img2ImgOutput
+from .schema import SD3, Endpoint, Img2ImgOutput
 from .status import AppId, RequestHandle, Status
 
 # An image is an (H,W,C) uint8 array, encoded bytes, or a URL fal can read (http(s) or data:).
@@ -38,15 +38,15 @@ class Img2ImgResult:
     """The decoded results, (H,W,C) uint8, in fal's order; empty when ``decode`` was off."""
 
 
-def check_params(params: Mapping[str, Any], image: ImageInput | None) -> dict[str, Any]:
-    """Validate ``params`` (every schema field except ``image_url``) before anything is sent;
-    without an image_size, a picture given as pixels or bytes must have a size SD3 can make."""
+def check_params(params: Mapping[str, Any], image: ImageInput | None, endpoint: Endpoint = SD3) -> dict[str, Any]:
+    """Validate ``params`` (every field of ``endpoint`` except ``image_url``) before anything is
+    sent; without an image_size, a picture given as pixels or bytes must have a size SD3 can make."""
     payload = dict(params)
     if isinstance(image, str):
         payload["image_url"] = image
     elif image is not None:
         payload["image_url"] = schema.IMAGE_GIVEN
-    return schema.validate(payload, input_size=_size_of(image))
+    return endpoint.validate(payload, input_size=_size_of(image))
 
 
 def _size_of(image: ImageInput | None) -> tuple[int, int] | None:
@@ -72,7 +72,7 @@ async def img2img(
     image: ImageInput,
     params: Mapping[str, Any],
     *,
-    app_id: str = schema.ENDPOINT,
+    endpoint: Endpoint = SD3,
     image_format: str = "png",
     image_mode: str = "auto",
     on_update: OnUpdate | None = None,
@@ -85,7 +85,7 @@ async def img2img(
     cost: Mapping[str, Any] | None = None,
     **submit_options: Any,
 ) -> Img2ImgResult:
-    """Run one image-to-image request; ``params`` holds every field except ``image_url``.
+    """Run one request to ``endpoint``; ``params`` holds every field of it except ``image_url``.
 
     ``image_mode`` is "auto" (inline small images, upload large ones), "data_uri" or "upload".
     Raises InputError before any network call when ``params`` are invalid.
@@ -99,8 +99,9 @@ async def img2img(
     submit (or a lost submit is found in fal's history), for the spend totals; a reused or
     reattached request adds none.
     """
+    app_id = endpoint.app_id
     AppId.parse(app_id)  # a bad id is bad input: refused before anything is journaled or sent
-    fields = check_params(params, image)
+    fields = check_params(params, image, endpoint)
     fields.pop("image_url")
     deadline = Deadline(timeout)
     notify = on_update or (lambda update: None)
@@ -121,7 +122,7 @@ async def img2img(
                                should_cancel=should_cancel, submit_options=submit_options, cost=cost)
     completion = await request.run(fields, make_payload, force_new=force_new)
     request_id = completion.handle.request_id
-    output = Img2ImgOutput.from_json(completion.output, request_id, max_images=fields.get("num_images") or 1)
+    output = endpoint.read_output(completion.output, request_id, max_images=fields.get("num_images") or 1)
     images: list[np.ndarray] = []
     if decode:
         notify(Update(request_id, "downloading", elapsed=deadline.elapsed()))
@@ -149,6 +150,7 @@ async def img2img_batch(
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
     on_update: Callable[[int, Update], None] | None = None,
+    endpoint: Endpoint = SD3,
     **options: Any,
 ) -> list[Img2ImgResult]:
     """Run one request per image, ``concurrency`` at a time; results keep the input order.
@@ -158,7 +160,7 @@ async def img2img_batch(
     """
     items = [dict(params, seed=schema.seed_for_item(params.get("seed"), i)) for i in range(len(images))]
     for item, image in zip(items, images, strict=True):
-        check_params(item, image)
+        check_params(item, image, endpoint)
     # Every concurrent item at once: each item's own call then finds its connection opening.
     preconnect(client, params, min(len(images), max(1, concurrency)), decode=options.get("decode", True))
     limit = asyncio.Semaphore(max(1, concurrency))
@@ -166,7 +168,7 @@ async def img2img_batch(
     async def run(index: int) -> Img2ImgResult:
         async with limit:
             report = None if on_update is None else (lambda update: on_update(index, update))
-            return await img2img(client, images[index], items[index], on_update=report, **options)
+            return await img2img(client, images[index], items[index], endpoint=endpoint, on_update=report, **options)
 
     tasks = [asyncio.ensure_future(run(i)) for i in range(len(images))]
     try:

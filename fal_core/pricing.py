@@ -23,15 +23,15 @@ from typing import Any, Mapping
 from .errors import AuthError, ConfigError, FalError, HTTPStatusError, ResponseError
 from .private_files import private_folder
 from .retry import RetryPolicy
-from .schema import ENDPOINT
+from .schema import ENDPOINT, SD3, Endpoint
 from .transport import Transport
 
 log = logging.getLogger("fal_core")
 
 MAX_AGE = 24 * 3600.0
 RETRY_AFTER_FAILURE = 3600.0
-# fal's model page lists SD3 medium at $0.035 per image; the pricing API may not answer this key.
-PUBLISHED = {ENDPOINT: (0.035, "image", "USD")}
+# The published prices of the endpoints known by id (an Endpoint value carries its own).
+PUBLISHED = {SD3.app_id: SD3.published_price}
 PUBLISHED_WHERE = "fal's model page"
 PER_IMAGE_UNITS = ("image", "images")
 # A price answer is a few hundred bytes; anything near this is not one.
@@ -140,8 +140,12 @@ class PriceCache:
             return None
         return entry
 
-    def current(self, endpoint_id: str = ENDPOINT, now: float | None = None) -> Price | None:
+    def current(self, endpoint: str | Endpoint = SD3, now: float | None = None) -> Price | None:
         """The price to show now, without any network call; None when nothing is known."""
+        if isinstance(endpoint, Endpoint):
+            endpoint_id, published = endpoint.app_id, endpoint.published_price
+        else:
+            endpoint_id, published = endpoint, PUBLISHED.get(endpoint)
         now = time.time() if now is None else now
         known = self._known(endpoint_id)
         failure = self._state()["failures"].get(endpoint_id) or {}
@@ -153,7 +157,6 @@ class PriceCache:
                     + ("" if fresh else f", over a day old{problem or '; refreshing'}"))
             return Price(endpoint_id, float(known["unit_price"]), known["unit"], known["currency"],
                          FAL if fresh else CACHE, note)
-        published = PUBLISHED.get(endpoint_id)
         if published is None:
             return None
         reason = failure.get("reason") if isinstance(failure.get("reason"), str) else "not asked yet"

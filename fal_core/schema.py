@@ -1,8 +1,9 @@
-"""The request and response of ``fal-ai/stable-diffusion-v3-medium/image-to-image``.
+"""An image-to-image endpoint as one value (:class:`Endpoint`), and SD3's: ``SD3``, the request
+and response of ``fal-ai/stable-diffusion-v3-medium/image-to-image``.
 
 Taken from fal's page for the endpoint (types, defaults, enums). fal publishes no ranges; where a
-bound is ours it says why. Nodes and the command line read defaults and ranges from ``FIELDS``
-instead of copying them, so a change here reaches every front end.
+bound is ours it says why. Nodes and the command line read defaults and ranges from the endpoint's
+fields instead of copying them, so a change here reaches every front end.
 
 Validation collects every problem before anything is sent, so a user fixes a graph in one go.
 """
@@ -10,8 +11,8 @@ Validation collects every problem before anything is sent, so a user fixes a gra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import FieldError, InputError, ResponseError
 from .redaction import excerpt
@@ -207,34 +208,41 @@ def image_url_problem(value: Any) -> str | None:
             "other kinds are not sent (give a local picture as an IMAGE, or upload it first)")
 
 
-def input_size_problem(width: int, height: int, field_name: str = "image") -> FieldError | None:
+def input_size_problem(width: int, height: int, field_name: str = "image", *,
+                       sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE), maker: str = "SD3") -> FieldError | None:
     """With no image_size the result keeps the input's size: SD3 takes sides of 64 to 3072 px."""
-    if MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE:
+    low, high = sides
+    if low <= width <= high and low <= height <= high:
         return None
     return FieldError(field_name, f"{width}x{height}", (
-        f"is {width}x{height} pixels and no image_size is set, so the result would keep that size, but SD3 "
-        f"makes sides of {MIN_SIDE} to {MAX_SIDE} pixels: set image_size (in ComfyUI, connect SD3 Image Size) "
+        f"is {width}x{height} pixels and no image_size is set, so the result would keep that size, but {maker} "
+        f"makes sides of {low} to {high} pixels: set image_size (in ComfyUI, connect SD3 Image Size) "
         "or resize the picture"))
 
 
-def validate(payload: Mapping[str, Any], *, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Check a payload against the schema and return it as fal should receive it.
+def validate(payload: Mapping[str, Any], *, input_size: tuple[int, int] | None = None,
+             endpoint: "Endpoint | None" = None) -> dict[str, Any]:
+    """Check a payload against ``endpoint``'s fields (SD3's by default) and return it as fal
+    should receive it.
 
     Unknown fields, missing required ones, wrong types and out-of-range values are all collected
     into one :class:`InputError`. ``None`` means "not set" and is left out of the result.
     ``input_size`` (width, height) is the input picture's, when known: without an image_size, it
     must be one SD3 can make. ``image_url`` may be :data:`IMAGE_GIVEN` for a picture placed later.
     """
+    endpoint = SD3 if endpoint is None else endpoint
+    fields = endpoint.fields
     errors: list[FieldError] = []
     clean: dict[str, Any] = {}
     if input_size is not None and payload.get("image_size") is None:
-        problem = input_size_problem(*input_size)
+        problem = input_size_problem(*input_size, sides=endpoint.sides, maker=endpoint.label)
         if problem is not None:
             errors.append(problem)
     for name, value in payload.items():
-        spec = FIELDS.get(name)
+        spec = fields.get(name)
         if spec is None:
-            errors.append(FieldError(name, value, f"is not a field of {ENDPOINT}; known fields: {', '.join(FIELDS)}"))
+            errors.append(FieldError(name, value,
+                                     f"is not a field of {endpoint.app_id}; known fields: {', '.join(fields)}"))
             continue
         if value is None:
             continue
@@ -242,7 +250,7 @@ def validate(payload: Mapping[str, Any], *, input_size: tuple[int, int] | None =
         errors.extend(problems)
         if not problems:
             clean[name] = checked
-    for spec in FIELDS.values():
+    for spec in fields.values():
         if spec.required and payload.get(spec.name) is None:
             errors.append(FieldError(spec.name, None, "is required"))
     if errors:
@@ -320,3 +328,56 @@ class Img2ImgOutput:
             timings=dict(data.get("timings") or {}),
             extra={k: v for k, v in data.items() if k not in known},
         )
+
+
+# fal's answer, read: (data, request id, most pictures it may hold) -> the output.
+OutputParser = Callable[[Any, "str | None", "int | None"], Img2ImgOutput]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One fal image-to-image endpoint: everything that differs from one to the next.
+
+    ``fields`` are its inputs (``image_url`` among them); ``output`` reads its answer;
+    ``published_price`` (unit price, unit, currency), from its model page, stands in when fal's
+    pricing API gives none; ``sides`` is the range of a side of a picture it makes, which an input
+    picture must fit without an image_size. The queue, uploads, the journal and the nodes take it
+    as it is.
+    """
+
+    app_id: str
+    fields: Mapping[str, Field]
+    output: OutputParser = Img2ImgOutput.from_json
+    published_price: tuple[float, str, str] | None = None
+    sides: tuple[int, int] = (MIN_SIDE, MAX_SIDE)
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """What messages call it."""
+        return self.name or self.app_id
+
+    @classmethod
+    def of(cls, app_id: str, fields: Iterable[Field], **options: Any) -> "Endpoint":
+        """An endpoint from its fields in the order the front ends show them."""
+        return cls(app_id, {f.name: f for f in fields}, **options)
+
+    def at(self, app_id: str) -> "Endpoint":
+        """The same endpoint under another id (an alias, a private deployment of the same app)."""
+        return replace(self, app_id=app_id)
+
+    def validate(self, payload: Mapping[str, Any], *, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+        return validate(payload, input_size=input_size, endpoint=self)
+
+    @property
+    def max_images(self) -> int:
+        """The most pictures one request may ask for (1 when the endpoint has no num_images)."""
+        spec = self.fields.get("num_images")
+        return int(spec.maximum) if spec is not None and spec.maximum is not None else 1
+
+    def read_output(self, data: Any, request_id: str | None = None, max_images: int | None = None) -> Img2ImgOutput:
+        return self.output(data, request_id, self.max_images if max_images is None else max_images)
+
+
+# fal's model page lists SD3 medium at $0.035 per image; the pricing API may not answer every key.
+SD3 = Endpoint(ENDPOINT, FIELDS, published_price=(0.035, "image", "USD"), name="SD3")

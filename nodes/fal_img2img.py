@@ -14,6 +14,7 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
+from ..fal_core.schema import SD3
 from . import comfy
 from .inputs import schema_input
 from .size_preset import IMAGE_SIZE_TYPE
@@ -72,6 +73,8 @@ class FalSD3Img2Img:
         "fal's answers as JSON, with request ids.",
     )
     FUNCTION = "run"
+    # The fal endpoint the node runs: its app id, fields, answer and published price.
+    FAL_ENDPOINT = SD3
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -158,7 +161,7 @@ class FalSD3Img2Img:
         book = journal()
         downloads = result_files(book)
         # The price as known now (never a network wait): the server refreshes it (see routes).
-        price = session.price_cache().current()
+        price = session.price_cache().current(self.FAL_ENDPOINT)
         cost = {"amount": round(price.cost(num_images), 6), "currency": price.currency, "source": price.source}
         status.cost = cost
         try:
@@ -169,7 +172,7 @@ class FalSD3Img2Img:
             # The requests run on the pack's own loop: its connections outlive this prompt's loop.
             # Updates come back to this loop, where ComfyUI's progress and events are sent.
             batch = asyncio.ensure_future(background.call(
-                img2img_batch, fal, sources, params, concurrency=DEFAULT_CONCURRENCY,
+                img2img_batch, fal, sources, params, endpoint=self.FAL_ENDPOINT, concurrency=DEFAULT_CONCURRENCY,
                 on_update=background.relay(on_update), image_format=image_format, timeout=timeout or None,
                 journal=book, result_files=downloads, force_new=force_new_request, cost=cost))
             while not batch.done():
