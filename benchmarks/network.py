@@ -208,7 +208,8 @@ def node_child(runs: int, pack: Path) -> dict:
     result = summary(first, warm)
     one_wall, batch_wall = statistics.median(singles), statistics.median(batches)
     steps = node_cpu(pixels)
-    result.update(one_wall=one_wall, batch_wall=batch_wall, batch_ratio=batch_wall / one_wall, cpu=unavoidable(steps), steps=steps)
+    result.update(one_wall=one_wall, batch_wall=batch_wall, batch_ratio=batch_wall / one_wall,
+                  cpu=unavoidable(steps), steps=steps)
     return result
 
 
