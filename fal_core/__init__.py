@@ -32,7 +32,7 @@ _EXPORTS = {
         "FalError", "ConfigError", "MissingKeyError", "InputError", "FieldError", "FileError",
         "RequestError", "TransportError", "SubmitUncertainError", "ResponseError", "ResponseTooLarge",
         "HTTPStatusError", "AuthError", "ValidationError", "JournalError",
-        "JobError", "AppError", "RequestTimeout", "RequestCancelled", "ResultError", "ResultGoneError",
+        "JobError", "AppError", "RequestTimeout", "ResultError", "ResultGoneError",
     ],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -49,7 +49,7 @@ __all__ = [
     "FalError", "ConfigError", "MissingKeyError", "InputError", "FieldError", "FileError",
     "RequestError", "TransportError", "SubmitUncertainError", "ResponseError", "ResponseTooLarge",
     "HTTPStatusError", "AuthError", "ValidationError", "JournalError",
-    "JobError", "AppError", "RequestTimeout", "RequestCancelled", "ResultError", "ResultGoneError",
+    "JobError", "AppError", "RequestTimeout", "ResultError", "ResultGoneError",
 ]
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from .config import FalConfig, Secret
     from .errors import (
         AppError, AuthError, ConfigError, FalError, FieldError, FileError, HTTPStatusError, InputError, JobError,
-        JournalError, MissingKeyError, RequestCancelled, RequestError, RequestTimeout, ResponseError,
+        JournalError, MissingKeyError, RequestError, RequestTimeout, ResponseError,
         ResponseTooLarge, ResultError, ResultGoneError, SubmitUncertainError, TransportError, ValidationError,
     )
     from .img2img import ImageInput, Img2ImgResult, img2img, img2img_batch

@@ -23,7 +23,6 @@ what to do; a plain ``ValueError`` or ``TypeError`` from fal_core is a bug in fa
     └── JobError                      how one queued job (a fal "request") ended badly
         ├── AppError                  the app ran and failed (COMPLETED with ``error``)
         ├── RequestTimeout            the overall timeout passed (the request was cancelled)
-        ├── RequestCancelled          cancelled by the caller
         ├── ResultError               fal completed the request but its result cannot be fetched
         └── ResultGoneError           fal completed (and billed) it but no longer keeps its result
 """
@@ -205,10 +204,6 @@ class AppError(JobError):
 
 class RequestTimeout(JobError, TimeoutError):
     """The overall timeout passed while waiting; the request was cancelled at fal."""
-
-
-class RequestCancelled(JobError):
-    """The caller asked to stop; the request was cancelled at fal."""
 
 
 class ResultError(JobError):

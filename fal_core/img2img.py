@@ -19,7 +19,7 @@ from .files import fetch_image
 from .images import encode, image_dimensions, sniff_mime
 from .journal import Journal, ResultFiles, fingerprint
 from .journaled import JournaledRequest
-from .queue import OnUpdate, ShouldCancel, Update
+from .queue import OnUpdate, Update
 from .schema import SD3, Endpoint, Img2ImgOutput
 from .status import AppId, RequestHandle, Status
 
@@ -77,7 +77,6 @@ async def img2img(
     image_mode: str = "auto",
     on_update: OnUpdate | None = None,
     timeout: float | None = None,
-    should_cancel: ShouldCancel | None = None,
     decode: bool = True,
     journal: Journal | None = None,
     result_files: ResultFiles | None = None,
@@ -119,7 +118,7 @@ async def img2img(
         return {**fields, "image_url": url}
 
     request = JournaledRequest(client, journal, fp, app_id, deadline=deadline, on_update=on_update,
-                               should_cancel=should_cancel, submit_options=submit_options, cost=cost)
+                               submit_options=submit_options, cost=cost)
     completion = await request.run(fields, make_payload, force_new=force_new)
     request_id = completion.handle.request_id
     output = endpoint.read_output(completion.output, request_id, max_images=fields.get("num_images") or 1)

@@ -34,14 +34,14 @@ from typing import Any, Awaitable, Callable, Mapping
 from .client import FalClient
 from .deadline import LATE_GRACE, Deadline
 from .errors import (
-    AppError, AuthError, FalError, HTTPStatusError, JournalError, RequestCancelled, JobError, RequestTimeout,
+    AppError, AuthError, FalError, HTTPStatusError, JournalError, JobError, RequestTimeout,
     ResultError, ResultGoneError, SubmitUncertainError, ValidationError,
 )
 from .history import HistoryItem
 from .journal import (
     CANCELLED, COMPLETED, GONE, PENDING, UNCERTAIN, UNKNOWN, Entry, Journal, describe,
 )
-from .queue import Completion, OnUpdate, ShouldCancel, Update
+from .queue import Completion, OnUpdate, Update
 from .status import COMPLETED as COMPLETED_STATE
 from .status import RequestHandle, Status
 
@@ -72,7 +72,7 @@ class JournaledRequest:
     """One job's request: ``run`` returns its Completion, paying at most once for it."""
 
     def __init__(self, client: FalClient, journal: Journal | None, fp: str, app_id: str, *,
-                 deadline: Deadline, on_update: OnUpdate | None = None, should_cancel: ShouldCancel | None = None,
+                 deadline: Deadline, on_update: OnUpdate | None = None,
                  submit_options: Mapping[str, Any] | None = None, cost: Mapping[str, Any] | None = None) -> None:
         self.client = client
         self.journal = journal
@@ -80,7 +80,6 @@ class JournaledRequest:
         self.app_id = app_id
         self.deadline = deadline
         self.on_update = on_update
-        self.should_cancel = should_cancel
         self.submit_options = dict(submit_options or {})
         self.cost = cost
         self.history = client.history
@@ -178,8 +177,7 @@ class JournaledRequest:
         """Wait for ``handle`` and fetch its result, every ending written to the journal."""
         try:
             status = await self.client.queue.wait(
-                handle, on_update=self.on_update, should_cancel=self.should_cancel,
-                timeout=self.deadline.left(), started=self.deadline.started)
+                handle, on_update=self.on_update, timeout=self.deadline.left(), started=self.deadline.started)
             # Completed, so paid: past the deadline now (a cancel that came too late) it still
             # gets LATE_GRACE; a timeout here leaves it pending, for a re-run to fetch.
             output = await self.deadline.or_grace(LATE_GRACE).bound(
@@ -199,7 +197,7 @@ class JournaledRequest:
                 return late
             self._note("cancelled", handle.request_id)
             raise
-        except (RequestCancelled, asyncio.CancelledError):
+        except asyncio.CancelledError:
             if await asyncio.shield(self._late_completion(handle)) is None:
                 self._note("cancelled", handle.request_id)
             raise
@@ -316,9 +314,6 @@ class JournaledRequest:
                                            "min after it was sent")
                 log.info("fal: the uncertain submit of %s was not accepted; it may be sent again", self.fp)
                 return None
-            if self.should_cancel is not None and self.should_cancel():
-                raise RequestCancelled("Stopped while looking for the lost submit in fal's request history; it "
-                                       "stays recorded, and a re-run looks again.")
             wait = min(interval, max(sent_at + horizon - now, 0.0))
             left = self.deadline.left()
             if once or (left is not None and left <= wait):

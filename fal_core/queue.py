@@ -3,7 +3,7 @@
 :meth:`QueueClient.wait` is the one engine every front end uses: it follows a request over the
 status stream (completion is seen within milliseconds) and falls back to polling when the stream
 is refused or keeps dropping. It reports changes through one callback, enforces an overall
-timeout and polls a cancellation check; on either it cancels the request at fal before raising.
+timeout; on a timeout, or when its task is cancelled, it cancels the request at fal before raising.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, AsyncGenerator, AsyncIterator, Callable, Mapping
 import httpx
 
 from .errors import (
-    AppError, AuthError, FalError, FieldError, HTTPStatusError, InputError, RequestCancelled, RequestTimeout,
+    AppError, AuthError, FalError, FieldError, HTTPStatusError, InputError, RequestTimeout,
     ResponseError, ResponseTooLarge, ResultError, SubmitUncertainError, TransportError, ValidationError,
 )
 from .redaction import excerpt
@@ -35,8 +35,6 @@ PRIORITIES = ("normal", "low")
 STREAM_RECONNECTS = 3
 # A stream may be silent for a long time in a queue; past this the engine reconnects.
 STREAM_READ_TIMEOUT = 60.0
-# The cancellation check runs this often: well inside the 1 s a user waits after pressing Cancel.
-CANCEL_CHECK_INTERVAL = 0.1
 CANCEL_RETRY = RetryPolicy(attempts=3, base=0.2, cap=1.0)
 # fal ends the stream right after COMPLETED; a stream still open this long after it is closed.
 STREAM_DRAIN = 0.1
@@ -58,7 +56,6 @@ class Update:
 
 
 OnUpdate = Callable[[Update], None]
-ShouldCancel = Callable[[], bool]
 
 
 class _Tracker:
@@ -243,44 +240,37 @@ class QueueClient:
         *,
         on_update: OnUpdate | None = None,
         timeout: float | None = None,
-        should_cancel: ShouldCancel | None = None,
         logs: bool = True,
         stream: bool = True,
         started: float | None = None,
     ) -> Status:
         """Follow a request until it completes; returns the final status.
 
-        Raises AppError when the app failed, RequestTimeout after ``timeout`` seconds and
-        RequestCancelled when ``should_cancel()`` turns true; in both of the latter, and when the
-        waiting task itself is cancelled, the request is cancelled at fal first.
+        Raises AppError when the app failed and RequestTimeout after ``timeout`` seconds. To stop
+        early, cancel the waiting task (the nodes do on ComfyUI's Cancel). After a timeout, and
+        when the task is cancelled, the request is cancelled at fal first.
         """
         tracker = _Tracker(handle, on_update, time.monotonic() if started is None else started)
         follow = asyncio.ensure_future(self._follow(handle, tracker, logs=logs, stream=stream))
-        watch = asyncio.ensure_future(_watch(should_cancel)) if should_cancel is not None else None
         try:
-            done, _ = await asyncio.wait([t for t in (follow, watch) if t], timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([follow], timeout=timeout)
         except asyncio.CancelledError:
-            await _stop(follow, watch)
+            await _stop(follow)
             await asyncio.shield(self._cancel_quietly(handle))
             raise
         if follow in done:
-            await _stop(watch)
             status = follow.result()
             if status.error:
                 raise await self._failure(handle, status)
             return status
-        await _stop(follow, watch)
+        await _stop(follow)
         accepted = await self._cancel_quietly(handle)
-        if accepted is False and not (watch is not None and watch in done):
+        if accepted is False:
             # The cancel came too late: the request completed, and is paid. Nobody asked to
             # stop, so its result is not thrown away.
             late = await self.completed_status(handle)
             if late is not None:
                 return late
-        if watch is not None and watch in done:
-            raise RequestCancelled(f"Request {handle.request_id} was cancelled at fal, as asked.",
-                                   request_id=handle.request_id)
         raise RequestTimeout(
             f"Request {handle.request_id} did not finish within {timeout:g} s, so it was cancelled at fal. "
             "Raise the timeout if fal's queue is long.", request_id=handle.request_id)
@@ -293,7 +283,6 @@ class QueueClient:
         on_update: OnUpdate | None = None,
         on_submitted: Callable[[RequestHandle], None] | None = None,
         timeout: float | None = None,
-        should_cancel: ShouldCancel | None = None,
         logs: bool = True,
         stream: bool = True,
         **submit_options: Any,
@@ -313,7 +302,7 @@ class QueueClient:
             raise
         if on_submitted is not None:
             on_submitted(handle)
-        return await self.complete(handle, on_update=on_update, should_cancel=should_cancel, logs=logs,
+        return await self.complete(handle, on_update=on_update, logs=logs,
                                    stream=stream, started=started,
                                    timeout=None if timeout is None
                                    else max(timeout - (time.monotonic() - started), 0.001))
@@ -420,11 +409,6 @@ async def _drain(lines: AsyncIterator[str]) -> None:
         await asyncio.wait_for(rest(), STREAM_DRAIN)
     except (asyncio.TimeoutError, httpx.TransportError, ResponseTooLarge):
         pass  # the connection is closed with the stream instead of being reused
-
-
-async def _watch(should_cancel: ShouldCancel) -> None:
-    while not should_cancel():
-        await asyncio.sleep(CANCEL_CHECK_INTERVAL)
 
 
 async def _stop(*tasks: asyncio.Future | None) -> None:

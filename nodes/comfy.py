@@ -7,10 +7,16 @@ harmless stand-in: no progress bar, never interrupted, a state folder of our own
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
+
+# How often a node waiting on a task looks at ComfyUI's interrupt flag: Cancel reaches fal within
+# a second.
+INTERRUPT_POLL = 0.1
 
 
 class Interrupted(Exception):
@@ -45,6 +51,19 @@ def is_interrupt(exc: BaseException) -> bool:
     """Whether ``exc`` is ComfyUI's interrupt (which its progress hook raises on Cancel)."""
     mm = _module("comfy.model_management")
     return isinstance(exc, Interrupted) or (mm is not None and isinstance(exc, mm.InterruptProcessingException))
+
+
+async def run_unless_interrupted(task: asyncio.Future, stopped: Callable[[], bool] = lambda: False) -> bool:
+    """Wait for ``task``; True when it ended, False when the user pressed Cancel (or ``stopped()``
+    turned true) first. Then the task is cancelled, and waited for: the one way the pack stops
+    work, which cancels a fal request at fal."""
+    while not task.done():
+        if stopped() or interrupted():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return False
+        await asyncio.wait([task], timeout=INTERRUPT_POLL)
+    return True
 
 
 class Progress:

@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fal_sd3")
 
-# How often the node looks at ComfyUI's interrupt flag: Cancel reaches fal within a second.
-INTERRUPT_POLL = 0.1
-
 
 def split_urls(text: str) -> list[str]:
     """One URL per line (the fal Upload Image node writes a batch that way)."""
@@ -175,14 +172,10 @@ class FalSD3Img2Img:
                 img2img_batch, fal, sources, params, endpoint=self.FAL_ENDPOINT, concurrency=DEFAULT_CONCURRENCY,
                 on_update=background.relay(on_update), image_format=image_format, timeout=timeout or None,
                 journal=book, result_files=downloads, force_new=force_new_request, cost=cost))
-            while not batch.done():
-                if interrupted or comfy.interrupted():
-                    batch.cancel()
-                    await asyncio.gather(batch, return_exceptions=True)
-                    status.finish("cancelled")
-                    show()
-                    raise comfy.interrupt_exception()
-                await asyncio.wait([batch], timeout=INTERRUPT_POLL)
+            if not await comfy.run_unless_interrupted(batch, lambda: interrupted):
+                status.finish("cancelled")
+                show()
+                raise comfy.interrupt_exception()
             results = batch.result()
             outputs = self._outputs(results, seed)
         except Exception as exc:

@@ -7,7 +7,7 @@ import pytest
 
 from comfyui_fal_sd3.fal_core import FalClient
 from comfyui_fal_sd3.fal_core.errors import (
-    AppError, FalError, InputError, JobError, RequestCancelled, RequestError, RequestTimeout, ResponseError,
+    AppError, FalError, InputError, JobError, RequestError, RequestTimeout, ResponseError,
     ResponseTooLarge, ResultError, ResultGoneError, SubmitUncertainError, TransportError,
 )
 from comfyui_fal_sd3.fal_core.images import encode, encode_jpeg, encode_png
@@ -18,7 +18,7 @@ def test_request_error_is_the_parent_of_transport_errors_as_in_httpx():
     for cls in (TransportError, SubmitUncertainError, ResponseError, ResponseTooLarge):
         assert issubclass(cls, RequestError)
     # How a queued job ended is not a failure to send or read a request.
-    for cls in (AppError, RequestTimeout, RequestCancelled, ResultError, ResultGoneError):
+    for cls in (AppError, RequestTimeout, ResultError, ResultGoneError):
         assert issubclass(cls, JobError) and not issubclass(cls, RequestError)
 
 
