@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from . import redaction
 from .errors import ConfigError, MissingKeyError
+from .private_files import private_folder
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 DEFAULT_REST_URL = "https://rest.fal.ai"
@@ -93,18 +95,55 @@ def key_from_env(env: Mapping[str, str]) -> Secret | None:
     return None
 
 
-def key_from_file(path: Path) -> Secret | None:
-    """A key stored alone in a file (as the pack's settings route writes it), or None."""
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(f"Cannot read the fal key file {path}: {exc.strerror}. Check its permissions.") from None
-    if not key:
-        return None
-    return checked_key(key, f"the key file {path}", "It must hold the key alone, on one line: save the key "
-                       "again (in ComfyUI: Settings > fal > fal API key) or delete the file")
+@dataclass(frozen=True)
+class KeyFile:
+    """The fal key stored alone in one file, readable by its owner only (ComfyUI's settings save it).
+
+    It is written under a temporary name created with mode 0600 and then renamed over the old
+    one, so that no reader ever sees a half-written key and the key never sits in a file that
+    others can read, not even for a moment.
+    """
+
+    path: Path
+
+    def read(self) -> Secret | None:
+        try:
+            key = self.path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConfigError(f"Cannot read the fal key file {self.path}: {exc.strerror}. "
+                              "Check its permissions.") from None
+        if not key:
+            return None
+        return checked_key(key, f"the key file {self.path}", "It must hold the key alone, on one line: save the "
+                           "key again (in ComfyUI: Settings > fal > fal API key) or delete the file")
+
+    def save(self, key: str) -> None:
+        private_folder(self.path.parent)
+        temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(key + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def resolve_key(env: Mapping[str, str], key_file: Path | None) -> tuple[Secret | None, str | None]:
+    """The key a run uses and where it comes from ("env" or "file"): the environment wins."""
+    key = key_from_env(env)
+    if key is not None:
+        return key, "env"
+    key = None if key_file is None else KeyFile(key_file).read()
+    return key, None if key is None else "file"
 
 
 @dataclass(frozen=True)
@@ -155,12 +194,10 @@ class FalConfig:
         """Read FAL_KEY (or FAL_KEY_ID + FAL_KEY_SECRET) and FAL_QUEUE_URL / FAL_REST_URL /
         FAL_CDN_URL / FAL_API_URL. The environment's key wins over ``key_file``; ``overrides`` win over both."""
         env = os.environ if env is None else env
-        key, source = key_from_env(env), "env"
-        if key is None and key_file is not None:
-            key, source = key_from_file(key_file), "file"
+        key, source = resolve_key(env, key_file)
         values: dict[str, Any] = dict(
             key=key,
-            key_source=source if key is not None else None,
+            key_source=source,
             queue_url=env.get("FAL_QUEUE_URL") or DEFAULT_QUEUE_URL,
             rest_url=env.get("FAL_REST_URL") or DEFAULT_REST_URL,
             cdn_url=env.get("FAL_CDN_URL") or DEFAULT_CDN_URL,

@@ -71,7 +71,8 @@ log = logging.getLogger("fal_core")
 RETENTION = 24 * 3600.0
 # How long what a request cost is kept, for the spend totals (30 days).
 SPEND_WINDOW = 30 * 24 * 3600.0
-DEFAULT_PATH = Path.home() / ".local" / "state" / "comfyui-fal-sd3" / "journal.jsonl"
+JOURNAL_NAME = "journal.jsonl"
+DEFAULT_PATH = Path.home() / ".local" / "state" / "comfyui-fal-sd3" / JOURNAL_NAME
 PREPARING, SENDING, UNKNOWN, PENDING = "preparing", "sending", "unknown", "pending"
 COMPLETED, GONE, FAILED, CANCELLED = "completed", "gone", "failed", "cancelled"
 STATES = (PREPARING, SENDING, UNKNOWN, PENDING, COMPLETED, GONE, FAILED, CANCELLED)
@@ -151,9 +152,11 @@ class Entry:
                              self.urls["cancel_url"])
 
 
-def default_path() -> Path:
-    """``FAL_JOURNAL`` if set, else a journal in the user's state folder."""
-    return Path(os.environ.get("FAL_JOURNAL") or DEFAULT_PATH)
+def default_path(state_folder: Path | None = None) -> Path:
+    """``FAL_JOURNAL`` if set, else ``journal.jsonl`` in ``state_folder`` (the nodes': ComfyUI's
+    user folder), else in the user's state folder (the command line's)."""
+    fallback = DEFAULT_PATH if state_folder is None else state_folder / JOURNAL_NAME
+    return Path(os.environ.get("FAL_JOURNAL") or fallback)
 
 
 class Journal:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
-from ..fal_core.config import Secret, check_key_form
+from ..fal_core.config import KeyFile, Secret, check_key_form, resolve_key
 from ..fal_core.errors import ConfigError, FalError, HTTPStatusError, MissingKeyError
-from . import comfy, key_store
+from . import comfy
 
 ROUTE = "/fal/key"
 # Names (or host:port) besides loopback under which the user reaches ComfyUI, comma-separated.
@@ -133,8 +133,11 @@ class _Handlers:
         self.env = env
 
     def current(self):
+        """Whether the nodes have a key and where it comes from, as the next run resolves it;
+        never the key."""
         try:
-            return _answer(**key_store.status(self.key_file(), self.env))
+            key, source = resolve_key(self.env, self.key_file())
+            return _answer(configured=key is not None, source=source)
         except ConfigError as exc:
             return _answer(500, error=str(exc))
 
@@ -156,7 +159,7 @@ class _Handlers:
         path = self.key_file()
         try:
             # fsync can take a while on a busy disk, and the event loop also carries the websocket.
-            await asyncio.to_thread(key_store.save, path, key.strip())
+            await asyncio.to_thread(KeyFile(path).save, key.strip())
         except OSError as exc:
             return _answer(500, error=f"fal API key not saved: cannot write {path}: {exc.strerror}. "
                                       "Check that ComfyUI's user folder is writable.")
@@ -169,7 +172,7 @@ class _Handlers:
     async def remove(self, request):
         path = self.key_file()
         try:
-            await asyncio.to_thread(key_store.clear, path)
+            await asyncio.to_thread(KeyFile(path).clear)
         except OSError as exc:
             return _answer(500, error=f"fal API key not cleared: cannot remove {path}: {exc.strerror}.")
         log.info("fal key file %s removed", path)

@@ -6,7 +6,6 @@ outlive each prompt."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from pathlib import Path
 from typing import Mapping
@@ -17,6 +16,7 @@ from ..fal_core.background import Background, shared
 from ..fal_core.client import FalClient
 from ..fal_core.config import FalConfig
 from ..fal_core.journal import Journal, ResultFiles
+from ..fal_core.journal import default_path as default_journal_path
 from ..fal_core.pricing import PriceCache
 from . import comfy
 
@@ -62,7 +62,7 @@ def client(cfg: FalConfig | None = None) -> FalClient:
 
 def journal() -> Journal:
     """The request journal: ``FAL_JOURNAL``, else ``journal.jsonl`` in the pack's state folder."""
-    return Journal(os.environ.get("FAL_JOURNAL") or comfy.state_dir() / "journal.jsonl")
+    return Journal(default_journal_path(comfy.state_dir()))
 
 
 def result_files(journal: Journal) -> ResultFiles:
