@@ -44,9 +44,8 @@ def check_params(params: Mapping[str, Any], image: ImageInput | None, endpoint: 
     payload = dict(params)
     if isinstance(image, str):
         payload["image_url"] = image
-    elif image is not None:
-        payload["image_url"] = schema.IMAGE_GIVEN
-    return endpoint.validate(payload, input_size=_size_of(image))
+    return endpoint.validate(payload, input_size=_size_of(image),
+                             picture_given=image is not None and not isinstance(image, str))
 
 
 def _size_of(image: ImageInput | None) -> tuple[int, int] | None:
@@ -101,7 +100,7 @@ async def img2img(
     app_id = endpoint.app_id
     AppId.parse(app_id)  # a bad id is bad input: refused before anything is journaled or sent
     fields = check_params(params, image, endpoint)
-    fields.pop("image_url")
+    fields.pop("image_url", None)  # a URL given is sent as it was given
     deadline = Deadline(timeout)
     notify = on_update or (lambda update: None)
     preconnect(client, fields, decode=decode)

@@ -179,15 +179,6 @@ def _check_field(spec: Field, value: Any) -> FieldError | None:
     return None
 
 
-class _ImageGiven:
-    """Stands for a picture given as pixels or bytes: it gets its URL (a data URI or an upload)
-    only after validation."""
-
-    def __repr__(self) -> str:
-        return "<image>"
-
-
-IMAGE_GIVEN = _ImageGiven()
 _IMAGE_URL_SCHEMES = ("http://", "https://")
 
 
@@ -221,14 +212,15 @@ def input_size_problem(width: int, height: int, field_name: str = "image", *,
 
 
 def validate(payload: Mapping[str, Any], *, input_size: tuple[int, int] | None = None,
-             endpoint: "Endpoint | None" = None) -> dict[str, Any]:
+             endpoint: "Endpoint | None" = None, picture_given: bool = False) -> dict[str, Any]:
     """Check a payload against ``endpoint``'s fields (SD3's by default) and return it as fal
     should receive it.
 
     Unknown fields, missing required ones, wrong types and out-of-range values are all collected
     into one :class:`InputError`. ``None`` means "not set" and is left out of the result.
     ``input_size`` (width, height) is the input picture's, when known: without an image_size, it
-    must be one SD3 can make. ``image_url`` may be :data:`IMAGE_GIVEN` for a picture placed later.
+    must be one SD3 can make. ``picture_given``: the picture comes as pixels or bytes, and gets its
+    ``image_url`` (a data URI or an upload) only after validation, so the payload has none.
     """
     endpoint = SD3 if endpoint is None else endpoint
     fields = endpoint.fields
@@ -251,7 +243,7 @@ def validate(payload: Mapping[str, Any], *, input_size: tuple[int, int] | None =
         if not problems:
             clean[name] = checked
     for spec in fields.values():
-        if spec.required and payload.get(spec.name) is None:
+        if spec.required and payload.get(spec.name) is None and not (picture_given and spec.name == "image_url"):
             errors.append(FieldError(spec.name, None, "is required"))
     if errors:
         raise InputError(errors)
@@ -261,10 +253,10 @@ def validate(payload: Mapping[str, Any], *, input_size: tuple[int, int] | None =
 def _checked(spec: Field, value: Any) -> tuple[Any, list[FieldError]]:
     """One set field's value as fal should receive it, and its problems (none when it is valid)."""
     if spec.name == "image_url":
-        problem_text = None if value is IMAGE_GIVEN else image_url_problem(value)
+        problem_text = image_url_problem(value)
         if problem_text is not None:
             return None, [FieldError(spec.name, value, problem_text)]
-        return (value if value is IMAGE_GIVEN else value.strip()), []
+        return value.strip(), []
     if spec.name == "image_size":
         try:
             size = ImageSize.parse(value)
@@ -366,8 +358,9 @@ class Endpoint:
         """The same endpoint under another id (an alias, a private deployment of the same app)."""
         return replace(self, app_id=app_id)
 
-    def validate(self, payload: Mapping[str, Any], *, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
-        return validate(payload, input_size=input_size, endpoint=self)
+    def validate(self, payload: Mapping[str, Any], *, input_size: tuple[int, int] | None = None,
+                 picture_given: bool = False) -> dict[str, Any]:
+        return validate(payload, input_size=input_size, endpoint=self, picture_given=picture_given)
 
     @property
     def max_images(self) -> int:

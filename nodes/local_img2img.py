@@ -103,10 +103,10 @@ class DiffusersSD3Img2Img:
         require_diffusers()
         # The fal node's checks, image_size and the picture's size included, before diffusers' own.
         params = schema.validate({
-            "image_url": schema.IMAGE_GIVEN, "prompt": prompt, "negative_prompt": negative_prompt,
+            "prompt": prompt, "negative_prompt": negative_prompt,
             "num_inference_steps": num_inference_steps, "seed": seed, "guidance_scale": guidance_scale,
             "num_images": num_images, "strength": strength, "image_size": image_size,
-        }, input_size=(image.shape[-2], image.shape[-3]) if image.ndim >= 3 else None)
+        }, input_size=(image.shape[-2], image.shape[-3]) if image.ndim >= 3 else None, picture_given=True)
         if image_size is not None:
             image_size = schema.ImageSize.parse(params["image_size"])
         width, height = target_size(image, image_size)
