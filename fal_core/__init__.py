@@ -20,6 +20,7 @@ _EXPORTS = {
     "config": ["FalConfig", "Secret"],
     "retry": ["RetryPolicy"],
     "queue": ["QueueClient", "Completion", "Update", "OnUpdate"],
+    "phase": ["Phase"],
     "storage": ["Storage", "UploadCache"],
     "status": ["RequestHandle", "Status"],
     "schema": ["ENDPOINT", "FIELDS", "SD3", "Endpoint", "Field", "ImageSize", "Img2ImgOutput"],
@@ -42,7 +43,7 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = [
     "__version__",
     "FalClient", "SyncFalClient", "FalConfig", "Secret", "RetryPolicy",
-    "QueueClient", "Completion", "Update", "OnUpdate", "Storage", "UploadCache", "RequestHandle", "Status",
+    "QueueClient", "Completion", "Update", "OnUpdate", "Phase", "Storage", "UploadCache", "RequestHandle", "Status",
     "ENDPOINT", "FIELDS", "SD3", "Endpoint", "Field", "ImageSize", "Img2ImgOutput",
     "ImageInput", "Img2ImgResult", "img2img", "img2img_batch", "Journal", "ResultFiles",
     "Price", "PriceCache", "Budget", "BudgetExceeded", "Recovered", "recover",
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     )
     from .img2img import ImageInput, Img2ImgResult, img2img, img2img_batch
     from .journal import Journal, ResultFiles
+    from .phase import Phase
     from .pricing import Price, PriceCache
     from .queue import Completion, OnUpdate, QueueClient, Update
     from .recovery import Recovered, recover

@@ -19,6 +19,7 @@ from .files import fetch_image
 from .images import encode, image_dimensions, sniff_mime
 from .journal import Journal, ResultFiles, fingerprint
 from .journaled import JournaledRequest
+from .phase import Phase
 from .queue import OnUpdate, Update
 from .schema import SD3, Endpoint, Img2ImgOutput
 from .status import AppId, RequestHandle, Status
@@ -111,7 +112,7 @@ async def img2img(
     async def make_payload() -> dict:
         if encoded is None:
             return {**fields, "image_url": image}
-        notify(Update(None, "uploading", elapsed=deadline.elapsed()))
+        notify(Update(None, Phase.UPLOADING, elapsed=deadline.elapsed()))
         url = await deadline.bound(client.storage.image_url(*encoded, mode=image_mode),
                                    "upload of the input picture", "Nothing was sent to fal. ")
         return {**fields, "image_url": url}
@@ -123,7 +124,7 @@ async def img2img(
     output = endpoint.read_output(completion.output, request_id, max_images=fields.get("num_images") or 1)
     images: list[np.ndarray] = []
     if decode:
-        notify(Update(request_id, "downloading", elapsed=deadline.elapsed()))
+        notify(Update(request_id, Phase.DOWNLOADING, elapsed=deadline.elapsed()))
         kept = "Its result is kept in the journal: a re-run downloads it again without paying. " if journal else ""
         images = list(await deadline.or_grace(LATE_GRACE).bound(asyncio.gather(*(
             fetch_image(client.transport, item.url, store=store,

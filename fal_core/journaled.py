@@ -41,6 +41,7 @@ from .history import HistoryItem
 from .journal import (
     CANCELLED, COMPLETED, GONE, PENDING, UNCERTAIN, UNKNOWN, Entry, Journal, describe,
 )
+from .phase import Phase
 from .queue import Completion, OnUpdate, Update
 from .status import COMPLETED as COMPLETED_STATE
 from .status import RequestHandle, Status
@@ -56,7 +57,6 @@ WINDOW_SLACK = 120.0
 # A submit recorded as sending with no outcome (a crash) ended at the latest this long after.
 SUBMIT_SPAN = 180.0
 HISTORY_POLL, HISTORY_POLL_MAX = 0.5, 10.0
-CHECKING_HISTORY = "checking_history"
 FORCE_HINT = "turn on force_new_request (--force-new on the command line)"
 
 
@@ -102,7 +102,7 @@ class JournaledRequest:
         """What an earlier run of the same job left: a Completion, or None to send anew."""
         handle = entry.handle
         if entry.state == COMPLETED and handle is not None:
-            self._notify(entry.request_id, "completed")
+            self._notify(entry.request_id, Phase.COMPLETED)
             return Completion(handle, Status(COMPLETED_STATE), entry.result)
         if entry.state == GONE:
             raise ResultGoneError(f"{entry.error or 'fal no longer keeps this result'} To pay for a new request, "
@@ -129,7 +129,7 @@ class JournaledRequest:
         except BaseException as exc:
             self._note("failed", None, f"not sent: {_reason(exc)}")
             raise
-        self._notify(None, "submitting")
+        self._notify(None, Phase.SUBMITTING)
         submit = asyncio.ensure_future(self.client.queue.submit(self.app_id, payload, fingerprint=self.fp,
                                                                 **self.submit_options))
         try:
@@ -231,7 +231,7 @@ class JournaledRequest:
             return None
         log.info("fal: the output of request %s comes from fal's request history", handle.request_id)
         self._note("completed", handle.request_id, item.json_output)
-        self._notify(handle.request_id, "completed")
+        self._notify(handle.request_id, Phase.COMPLETED)
         return Completion(handle, Status(COMPLETED_STATE), item.json_output)
 
     async def _late_completion(self, handle: RequestHandle) -> Completion | None:
@@ -246,7 +246,7 @@ class JournaledRequest:
             return None
         log.info("fal: request %s had completed before the cancel; its result is kept", handle.request_id)
         self._note("completed", handle.request_id, output)
-        self._notify(handle.request_id, "completed")
+        self._notify(handle.request_id, Phase.COMPLETED)
         return Completion(handle, status, output)
 
     async def _gone(self, handle: RequestHandle, known: HistoryItem | None) -> Completion:
@@ -283,7 +283,7 @@ class JournaledRequest:
         """Find an uncertain submit in fal's history: its Completion once adopted, None when it
         was surely not accepted (it may be sent again), else SubmitUncertainError. Looks again
         and again (fal lists a request once it has ended) until the deadline, unless ``once``."""
-        self._notify(None, CHECKING_HISTORY)
+        self._notify(None, Phase.CHECKING_HISTORY)
         sent_at = entry.sent_at or entry.time
         horizon = entry.horizon or horizon_for(self.deadline.timeout)
         sent_until = (entry.time if entry.state == UNKNOWN else sent_at + SUBMIT_SPAN) + WINDOW_SLACK
@@ -343,7 +343,7 @@ class JournaledRequest:
 
     # --- bookkeeping ------------------------------------------------------------------------------
 
-    def _notify(self, request_id: str | None, phase: str) -> None:
+    def _notify(self, request_id: str | None, phase: Phase) -> None:
         if self.on_update is not None:
             self.on_update(Update(request_id, phase, elapsed=self.deadline.elapsed()))
 

@@ -22,6 +22,7 @@ from .errors import (
     AppError, AuthError, FalError, FieldError, HTTPStatusError, InputError, RequestTimeout,
     ResponseError, ResponseTooLarge, ResultError, SubmitUncertainError, TransportError, ValidationError,
 )
+from .phase import Phase
 from .redaction import excerpt
 from .retry import NO_RETRY, SUBMIT_REFUSED, RetryPolicy
 from .sse import iter_data, iter_lines
@@ -44,12 +45,12 @@ STREAM_DRAIN = 0.1
 class Update:
     """What changed in a request: sent to ``on_update`` whenever phase, position or logs move.
 
-    ``phase`` is "in_queue", "in_progress" or "completed" (the img2img job adds "uploading",
-    "submitting" and "downloading" around them).
+    ``phase`` is IN_QUEUE, IN_PROGRESS or COMPLETED (the img2img job adds UPLOADING, SUBMITTING,
+    CHECKING_HISTORY and DOWNLOADING around them).
     """
 
     request_id: str | None
-    phase: str
+    phase: Phase
     queue_position: int | None = None
     new_logs: tuple[LogLine, ...] = ()
     elapsed: float = 0.0
@@ -65,13 +66,13 @@ class _Tracker:
         self.handle = handle
         self.on_update = on_update
         self.started = started
-        self.phase: str | None = None
+        self.phase: Phase | None = None
         self.position: int | None = None
         self._seen: set[tuple[str, str]] = set()
 
     def feed(self, status: Status) -> None:
-        phase = status.state.lower()
-        position = status.queue_position if phase == "in_queue" else None
+        phase = Phase(status.state.lower())
+        position = status.queue_position if phase is Phase.IN_QUEUE else None
         new_logs = []
         for line in status.logs or ():
             key = (line.timestamp, line.message)

@@ -11,24 +11,37 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..fal_core.phase import Phase
 from ..fal_core.redaction import redact_value
 
 if TYPE_CHECKING:
     from ..fal_core.queue import Update
 
-# Where each phase puts an item on the progress bar, out of STEPS. Every phase an item can be in
-# is here or an end phase: web/lib/status_lines.js has a label for each (tests/test_web_tables.py).
+# Where each phase puts an item on the progress bar, out of STEPS (an end phase: all of it).
 STEPS = 10
-_PROGRESS = {"waiting": 0, "uploading": 1, "submitting": 2, "checking_history": 2, "in_queue": 3, "in_progress": 5,
-             "completed": 8, "downloading": 9, "done": 10}
-END_PHASES = ("done", "failed", "cancelled")
-PHASES = (*_PROGRESS, *END_PHASES[1:])
+_PROGRESS = {Phase.WAITING: 0, Phase.UPLOADING: 1, Phase.SUBMITTING: 2, Phase.CHECKING_HISTORY: 2,
+             Phase.IN_QUEUE: 3, Phase.IN_PROGRESS: 5, Phase.COMPLETED: 8, Phase.DOWNLOADING: 9, Phase.DONE: 10}
+# What the node shows for each phase; sent with every event, so the front end has no copy.
+LABELS = {
+    Phase.WAITING: "waiting", Phase.UPLOADING: "uploading", Phase.SUBMITTING: "submitting",
+    Phase.CHECKING_HISTORY: "submit answer lost, checking fal's request history…", Phase.IN_QUEUE: "in queue",
+    Phase.IN_PROGRESS: "running", Phase.COMPLETED: "finished", Phase.DOWNLOADING: "downloading",
+    Phase.DONE: "done", Phase.FAILED: "failed", Phase.CANCELLED: "cancelled",
+}
 EVENT = "fal_sd3.status"
+
+
+def label(phase: Phase, queue_position: int | None) -> str:
+    """The words for one request's phase: "in queue (position 3)", "next in queue", "running"."""
+    if phase is Phase.IN_QUEUE and queue_position == 0:
+        return "next in queue"
+    text = LABELS.get(phase) or str(phase).replace("_", " ")
+    return text if queue_position is None else f"{text} (position {queue_position})"
 
 
 @dataclass
 class ItemStatus:
-    phase: str = "waiting"
+    phase: Phase = Phase.WAITING
     queue_position: int | None = None
     request_id: str | None = None
     last_log: str | None = None
@@ -62,15 +75,15 @@ class RunStatus:
         item.phase = update.phase
         item.queue_position = update.queue_position
         item.request_id = update.request_id or item.request_id
-        item.new_request = item.new_request or update.phase == "submitting"
+        item.new_request = item.new_request or update.phase is Phase.SUBMITTING
         if update.new_logs:
             item.last_log = update.new_logs[-1].message
 
     def finish(self, outcome: str, error: str | None = None) -> None:
         """End the run ("done", "failed" or "cancelled"): every unfinished item gets that phase."""
         for item in self.items:
-            if item.phase != "done":
-                item.phase = outcome
+            if item.phase is not Phase.DONE:
+                item.phase = Phase(outcome)
         self.error = error
         self.outcome = outcome
 
@@ -90,6 +103,7 @@ class RunStatus:
             "warning": self.warning,
             "num_images": self.num_images,
             "cost": self.cost,
-            "items": [{"phase": it.phase, "queue_position": it.queue_position, "request_id": it.request_id,
+            "items": [{"phase": it.phase.value, "label": label(it.phase, it.queue_position),
+                       "queue_position": it.queue_position, "request_id": it.request_id,
                        "log": it.last_log, "new_request": it.new_request} for it in self.items],
         })

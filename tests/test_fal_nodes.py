@@ -180,16 +180,28 @@ def test_progress_bar_and_status_events_without_progress_text(fal_env, monkeypat
     items = [e["items"][0] for e in shown["events"]]
     rid = next(iter(fal_env.jobs))
     assert items[0]["phase"] == "waiting" and shown["events"][0]["outcome"] == "running"
-    assert any(i["phase"] == "in_queue" and i["queue_position"] == 1 and i["request_id"] == rid for i in items)
-    assert any(i["phase"] == "in_progress" and (i["log"] or "").startswith("Step") for i in items)
+    assert any(i["phase"] == "in_queue" and i["queue_position"] == 1 and i["request_id"] == rid
+               and i["label"] == "in queue (position 1)" for i in items)
+    assert any(i["phase"] == "in_progress" and i["label"] == "running" and (i["log"] or "").startswith("Step")
+               for i in items)
     last = shown["events"][-1]
     assert last["outcome"] == "done" and last["finished"] is True and last["num_images"] == 2
-    assert last["items"] == [{"phase": "done", "queue_position": None, "request_id": rid,
+    assert last["items"] == [{"phase": "done", "label": "done", "queue_position": None, "request_id": rid,
                               "log": items[-1]["log"], "new_request": True}]
     assert shown["bar"][-1] == (10, 10)
     assert all(e["node"] == "12" for e in shown["events"])
     # ComfyUI's progress text would become a saved widget value in front end 1.27: never sent.
     assert shown["text"] == []
+
+
+def test_every_phase_is_worded_once_on_the_server():
+    from comfyui_fal_sd3.fal_core.phase import Phase
+    from comfyui_fal_sd3.nodes.status_view import LABELS, label
+
+    assert set(LABELS) == set(Phase)
+    assert label(Phase.IN_QUEUE, 0) == "next in queue"
+    assert label(Phase.IN_QUEUE, 3) == "in queue (position 3)"
+    assert label(Phase.CHECKING_HISTORY, None) == "submit answer lost, checking fal's request history…"
 
 
 def test_a_result_served_by_the_journal_is_marked_as_no_new_request(fal_env, monkeypatch):

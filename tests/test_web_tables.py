@@ -5,7 +5,7 @@ from pathlib import Path
 
 from comfyui_fal_sd3.fal_core import pricing
 from comfyui_fal_sd3.fal_core.schema import ENDPOINT, IMAGE_SIZE_PRESETS
-from comfyui_fal_sd3.nodes import size_preset, status_view
+from comfyui_fal_sd3.nodes import size_preset
 
 WEB_LIB = Path(__file__).resolve().parents[1] / "web" / "lib"
 
@@ -33,11 +33,6 @@ def test_preset_sizes_match_the_schema():
 def test_preset_choices_outside_the_table_match_the_node():
     assert js_string("size_preset.js", "MATCH_INPUT") == size_preset.MATCH_INPUT
     assert js_string("size_preset.js", "CUSTOM") == size_preset.CUSTOM
-
-
-def test_every_phase_has_a_label():
-    body = js_object("status_lines.js", "LABELS")
-    assert set(dict(re.findall(r'(\w+): "([^"]*)"', body))) == set(status_view.PHASES)
 
 
 def test_published_price_is_the_servers():

@@ -13,26 +13,27 @@ const texts = (lines) => lines.map((l) => l.text);
 const chars = (text) => text.length;
 
 test("a running request shows its phase, queue position, request id, log line and elapsed time", () => {
-  const lines = statusLines(event("3", [item("in_queue", { queue_position: 2, request_id: "req-1" })]));
+  const queued = { queue_position: 2, request_id: "req-1", label: "in queue (position 2)" };
+  const lines = statusLines(event("3", [item("in_queue", queued)]));
   assert.deepEqual(texts(lines), ["fal · 3.2 s", "in queue (position 2) · req-1"]);
-  const running = statusLines(event("3", [item("in_progress", { request_id: "req-1", log: "Step 3/28" })]));
+  const runningItem = item("in_progress", { request_id: "req-1", log: "Step 3/28", label: "running" });
+  const running = statusLines(event("3", [runningItem]));
   assert.deepEqual(texts(running), ["fal · 3.2 s", "running · req-1", "  fal: Step 3/28"]);
   assert.deepEqual(texts(statusLines(event("3", [item("uploading")]))), ["fal · 3.2 s", "uploading"]);
   assert.deepEqual(texts(statusLines(event("3", [item("downloading")]))), ["fal · 3.2 s", "downloading"]);
 });
 
-test("position 0 reads next in queue, and a phase without a label is still shown", () => {
-  const next = statusLines(event("3", [item("in_queue", { queue_position: 0, request_id: "r" })]));
+test("the server's label is shown, and a phase without one is shown as its name", () => {
+  const next = statusLines(event("3", [item("in_queue", { queue_position: 0, request_id: "r", label: "next in queue" })]));
   assert.deepEqual(texts(next), ["fal · 3.2 s", "next in queue · r"]);
   const unknown = statusLines(event("3", [item("warming_up")]));
   assert.deepEqual(texts(unknown), ["fal · 3.2 s", "warming up"]);
-  const lost = statusLines(event("3", [item("checking_history")]));
-  assert.deepEqual(texts(lost), ["fal · 3.2 s", "submit answer lost, checking fal's request history…"]);
 });
 
 test("a batch of three shows a line per request", () => {
-  const lines = statusLines(event("3", [item("done", { request_id: "a" }), item("in_progress", { request_id: "b" }),
-    item("in_queue", { queue_position: 4, request_id: "c" })]));
+  const lines = statusLines(event("3", [item("done", { request_id: "a" }),
+    item("in_progress", { request_id: "b", label: "running" }),
+    item("in_queue", { queue_position: 4, request_id: "c", label: "in queue (position 4)" })]));
   assert.deepEqual(texts(lines), ["fal · 3.2 s", "#1 done · a", "#2 running · b", "#3 in queue (position 4) · c"]);
 });
 
@@ -96,7 +97,7 @@ test("the picture inputs are checked before queueing", () => {
 test("each node keeps its own last event; a new run's first event replaces the last run's", () => {
   const board = new StatusBoard();
   assert.equal(board.update(ended("failed", [], { error: "no picture to transform" })), "3");
-  board.update(event("7", [item("in_queue", { queue_position: 1 })]));
+  board.update(event("7", [item("in_queue", { queue_position: 1, label: "in queue (position 1)" })]));
   assert.deepEqual(texts(board.linesFor(3)), ["failed after 3.2 s", "no picture to transform"]);
   board.update(event("3", [item("waiting")]));
   assert.deepEqual(texts(board.linesFor("3")), ["fal · 3.2 s", "waiting"]);

@@ -4,14 +4,6 @@
 
 import { formatMoney, runCost } from "./price.js";
 
-// A label for every phase in PHASES of nodes/status_view.py (tests/test_web_tables.py compares them).
-// A phase this table does not know yet is shown as its name, so a new one is never hidden.
-const LABELS = {
-  waiting: "waiting", uploading: "uploading", submitting: "submitting",
-  checking_history: "submit answer lost, checking fal's request history…", in_queue: "in queue",
-  in_progress: "running", completed: "finished", downloading: "downloading", done: "done",
-  failed: "failed", cancelled: "cancelled",
-};
 // fal's log lines change every second while a request runs: one line each, cut to this many
 // characters. Everything else (phases, errors, warnings) is wrapped to the node's width in full.
 export const LOG_CHARS = 80;
@@ -20,10 +12,9 @@ function cut(text, width = LOG_CHARS) {
   return text.length > width ? `${text.slice(0, width - 1)}…` : text;
 }
 
+// The server words each phase (nodes/status_view.py) and sends the label with the event.
 function phaseLabel(item) {
-  if (item.phase === "in_queue" && item.queue_position === 0) return "next in queue";
-  const label = LABELS[item.phase] ?? String(item.phase).replaceAll("_", " ");
-  return item.queue_position != null ? `${label} (position ${item.queue_position})` : label;
+  return item.label ?? String(item.phase).replaceAll("_", " ");
 }
 
 function itemLine(item, index, count) {
