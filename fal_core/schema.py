@@ -65,6 +65,7 @@ class Field:
         return f"{show(self.minimum)} and {show(self.maximum)}"
 
 
+# In the order the fal node shows them (its saved workflows hold widget values in this order).
 FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
@@ -80,13 +81,13 @@ FIELDS: dict[str, Field] = {
         # Published copies say 1-20 or 0-20; below 1 SD3 runs without guidance, so 0-20 is valid.
         Field("guidance_scale", float, 5.0, "How closely to follow the prompt (CFG).",
               minimum=0.0, maximum=20.0, step=0.1),
-        Field("sync_mode", bool, False, "Return the images inline as data URIs instead of CDN URLs."),
         # Published copies say 1-4.
         Field("num_images", int, 1, "Images to generate for each input image.", minimum=1, maximum=4, step=1),
         Field("enable_safety_checker", bool, True, "Let fal flag NSFW results."),
         # 0 would run no denoising step at all (diffusers fails on it); 0.01 is the least useful change.
         Field("strength", float, 0.9, "How far to move from the input image (1 = ignore it).",
               minimum=0.01, maximum=1.0, step=0.01),
+        Field("sync_mode", bool, False, "Return the images inline as data URIs instead of CDN URLs."),
     )
 }
 

@@ -73,21 +73,18 @@ class FalSD3Img2Img:
     # The fal endpoint the node runs: its app id, fields, answer and published price.
     FAL_ENDPOINT = SD3
 
+    # Fields that are sockets, not widgets: the picture and SD3 Image Size's output.
+    SOCKET_FIELDS = ("image_url", "image_size")
+    # Where a widget differs from its field: the seed starts at 0, with ComfyUI's control after it.
+    WIDGET_OPTIONS = {"seed": {"default": 0, "control_after_generate": True}}
+
     @classmethod
     def INPUT_TYPES(cls):
+        fields = cls.FAL_ENDPOINT.fields
         return {
-            "required": {
-                "prompt": schema_input("prompt"),
-                "negative_prompt": schema_input("negative_prompt"),
-                "prompt_expansion": schema_input("prompt_expansion"),
-                "num_inference_steps": schema_input("num_inference_steps"),
-                "seed": schema_input("seed", default=0, control_after_generate=True),
-                "guidance_scale": schema_input("guidance_scale"),
-                "num_images": schema_input("num_images"),
-                "enable_safety_checker": schema_input("enable_safety_checker"),
-                "strength": schema_input("strength"),
-                "sync_mode": schema_input("sync_mode"),
-            },
+            # Every other field of the endpoint is a widget, in the endpoint's order.
+            "required": {name: schema_input(name, fields, **cls.WIDGET_OPTIONS.get(name, {}))
+                         for name in fields if name not in cls.SOCKET_FIELDS},
             "optional": {
                 "image": ("IMAGE", {"tooltip": "The picture(s) to transform. Use this or image_url."}),
                 "image_url": ("STRING", {"default": "", "forceInput": True,
@@ -107,15 +104,16 @@ class FalSD3Img2Img:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    async def run(self, prompt, negative_prompt, prompt_expansion, num_inference_steps, seed, guidance_scale,
-                  num_images, enable_safety_checker, strength, sync_mode, image=None, image_url="",
-                  image_size=None, image_format="png", timeout=600, force_new_request=False, unique_id=None):
+    async def run(self, image=None, image_url="", image_size=None, image_format="png", timeout=600,
+                  force_new_request=False, unique_id=None, **fields):
+        """``fields``: the endpoint's widgets (see INPUT_TYPES), checked by its schema like any value."""
         # Imported here, not at the top: ComfyUI imports every pack at start-up, and httpx and
         # the codecs are only needed once a fal node runs.
         from ..fal_core.img2img import DEFAULT_CONCURRENCY, img2img_batch, preconnect
         from . import session
         from .session import client, engine, journal, result_files
 
+        num_images, seed = fields.get("num_images") or 1, fields.get("seed")
         # The first event replaces what the node showed for its previous run, errors included.
         status = RunStatus(unique_id, num_images=num_images)
         try:
@@ -125,13 +123,8 @@ class FalSD3Img2Img:
             comfy.send_event(EVENT, status.event())
             raise
         status.expect(len(sources))
-        params = {
-            "prompt": prompt, "negative_prompt": negative_prompt, "prompt_expansion": prompt_expansion,
-            "num_inference_steps": num_inference_steps, "seed": seed, "guidance_scale": guidance_scale,
-            "num_images": num_images, "enable_safety_checker": enable_safety_checker, "strength": strength,
-            # Checked by the schema like any value: a wrong type is a clear error, not an AttributeError.
-            "sync_mode": sync_mode, "image_size": image_size,
-        }
+        # Checked by the schema like any value: a wrong type is a clear error, not an AttributeError.
+        params = fields if image_size is None else {**fields, "image_size": image_size}
         # The first connections open now, while the journal is read and the pictures encoded. A
         # configuration that cannot give a client fails the run below, where it is reported.
         with contextlib.suppress(Exception):

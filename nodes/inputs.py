@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
-from ..fal_core.schema import FIELDS
+from ..fal_core.schema import FIELDS, Field
 
 _TYPES = {bool: "BOOLEAN", int: "INT", float: "FLOAT", str: "STRING"}
 
 
-def schema_input(name: str, **options: Any) -> tuple[str, dict[str, Any]]:
-    """The ComfyUI input for schema field ``name``; ``options`` add to or override its settings."""
-    spec = FIELDS[name]
+def schema_input(name: str, fields: Mapping[str, Field] = FIELDS, **options: Any) -> tuple[str, dict[str, Any]]:
+    """The ComfyUI input for field ``name`` (of ``fields``: SD3's by default); ``options`` add to or
+    override its settings."""
+    spec = fields[name]
     settings: dict[str, Any] = {"tooltip": spec.description}
     if spec.default is not None:
         settings["default"] = spec.default

@@ -97,3 +97,26 @@ def test_its_own_side_limit_applies_to_an_input_without_image_size(fal_emulator)
     with pytest.raises(InputError, match="is 64x600 pixels .* but acme/stylize/image-to-image makes sides of 16 to"):
         asyncio.run(main())
     assert fal_emulator.calls() == []
+
+
+def test_a_node_for_it_is_one_class_naming_the_endpoint(fal_env):
+    import torch
+
+    from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img
+
+    class StylizeImg2Img(FalSD3Img2Img):
+        FAL_ENDPOINT = STYLIZE
+
+    widgets = StylizeImg2Img.INPUT_TYPES()["required"]
+    assert list(widgets) == ["prompt", "style", "strength", "num_images", "seed"]
+    assert widgets["strength"] == ("FLOAT", {"tooltip": "How far to move.", "default": 0.5, "min": 0.3, "max": 0.7,
+                                             "step": 0.05})
+    image = picture()
+    tensor = torch.from_numpy(image[None]).float() / 255.0
+    images, seed, flags, _ = asyncio.run(StylizeImg2Img().run(
+        image=tensor, prompt="a harbour", style="woodcut", strength=0.4, num_images=2, seed=3))
+    assert images.shape == (2, 48, 64, 3) and seed == 3 and flags == [False, False]
+    result = (images[1] * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(result, expected_output(image, 1, None))
+    (submit,) = fal_env.calls("submit")
+    assert submit.path == "/queue/acme/stylize/image-to-image" and submit.json["style"] == "woodcut"
