@@ -44,6 +44,9 @@ class DiffusersSD3Img2Img:
         "The seed of the first picture (picture i used seed + i).",
     )
     FUNCTION = "run"
+    # The fal node's fields this node has, in its widget order: what only fal does is absent.
+    FIELDS = ("prompt", "negative_prompt", "num_inference_steps", "seed", "guidance_scale", "num_images", "strength")
+    WIDGET_OPTIONS = {"seed": {"default": 0, "control_after_generate": True}}
 
     def __init__(self) -> None:
         from .local_pipeline import PipelineCache
@@ -53,7 +56,7 @@ class DiffusersSD3Img2Img:
     @classmethod
     def INPUT_TYPES(cls):
         from .local_models import CUSTOM_PATH, NO_MODEL, choices, where_to_add
-        from .local_pipeline import DEVICES, DTYPES, OFFLOADS, T5_MODES, dtype_tooltip
+        from .local_pipeline import LoadOptions
 
         models = choices()
         return {
@@ -63,13 +66,7 @@ class DiffusersSD3Img2Img:
                     f"'{CUSTOM_PATH}' uses model_path." + (
                         f" None found: {where_to_add()}." if models[0] == NO_MODEL else ""))}),
                 "image": ("IMAGE", {"tooltip": "The picture(s) to transform; a batch runs picture by picture."}),
-                "prompt": schema_input("prompt"),
-                "negative_prompt": schema_input("negative_prompt"),
-                "num_inference_steps": schema_input("num_inference_steps"),
-                "seed": schema_input("seed", default=0, control_after_generate=True),
-                "guidance_scale": schema_input("guidance_scale"),
-                "num_images": schema_input("num_images"),
-                "strength": schema_input("strength"),
+                **{name: schema_input(name, **cls.WIDGET_OPTIONS.get(name, {})) for name in cls.FIELDS},
             },
             "optional": {
                 "image_size": (IMAGE_SIZE_TYPE, {"tooltip": (
@@ -77,25 +74,13 @@ class DiffusersSD3Img2Img:
                     "input's size, rounded to a multiple of 16.")}),
                 "model_path": ("STRING", {"default": "", "tooltip": (
                     "A diffusers folder or .safetensors checkpoint anywhere on disk; wins over model when set.")}),
-                "device": (list(DEVICES),
-                           {"default": "auto", "tooltip": "auto: ComfyUI's device, else cuda, mps, cpu."}),
-                "dtype": (list(DTYPES), {"default": "auto", "tooltip": dtype_tooltip()}),
-                "t5": (list(T5_MODES), {"default": "auto", "tooltip": (
-                    "The T5-XXL text encoder: off saves ~9.5 GB in fp16 at some cost in prompt following; "
-                    "auto uses it when the model has it.")}),
-                "offload": (list(OFFLOADS), {"default": "none", "tooltip": (
-                    "GPU memory savers: model keeps one component on the GPU at a time; sequential, one layer "
-                    "(least memory, slowest).")}),
-                "config_path": ("STRING", {"default": "", "tooltip": (
-                    "For a single-file checkpoint other than SD3 medium, or outside ComfyUI: a folder in "
-                    "diffusers' layout with the configs and tokenizers (no weights).")}),
+                **LoadOptions.inputs(),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def run(self, model, image, prompt, negative_prompt, num_inference_steps, seed, guidance_scale, num_images,
-            strength, image_size=None, model_path="", device="auto", dtype="auto", t5="auto", offload="none",
-            config_path="", unique_id=None):
+    def run(self, model, image, image_size=None, model_path="", unique_id=None, **inputs):
+        """``inputs``: the fields (FIELDS) and the load options (LoadOptions), by name."""
         from .local_models import resolve
         from .local_pipeline import LoadOptions, require_diffusers
 
@@ -103,16 +88,14 @@ class DiffusersSD3Img2Img:
         require_diffusers()
         # The fal node's checks, image_size and the picture's size included, before diffusers' own.
         params = schema.validate({
-            "prompt": prompt, "negative_prompt": negative_prompt,
-            "num_inference_steps": num_inference_steps, "seed": seed, "guidance_scale": guidance_scale,
-            "num_images": num_images, "strength": strength, "image_size": image_size,
+            **{name: inputs.get(name) for name in self.FIELDS}, "image_size": image_size,
         }, input_size=(image.shape[-2], image.shape[-3]) if image.ndim >= 3 else None, picture_given=True)
         if image_size is not None:
             image_size = schema.ImageSize.parse(params["image_size"])
         width, height = target_size(image, image_size)
         pixels = fit(image, width, height)
         source = resolve(model, model_path)
-        pipe = self.cache.get(source, LoadOptions(device, dtype, t5, offload, config_path))
+        pipe = self.cache.get(source, LoadOptions.of(inputs))
         with torch.inference_mode():
             results = self.generate(pipe, pixels, params, unique_id)
         return (torch.cat(results), params["seed"])

@@ -183,7 +183,8 @@ picture = torch.rand(1, 64, 64, 3)
 report = {}
 
 def run(seed):
-    node.run("custom path", picture, "a red cat", "", 4, seed, 5.0, 1, 0.75, model_path=str(model))
+    node.run("custom path", picture, prompt="a red cat", negative_prompt="", num_inference_steps=4, seed=seed,
+             guidance_scale=5.0, num_images=1, strength=0.75, model_path=str(model))
 
 def ours():
     return sorted(m.model.name for m in mm.loaded_models() if type(m.model).__name__ == "SD3Component")

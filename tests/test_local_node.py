@@ -153,7 +153,9 @@ def test_model_menu_lists_sd3_folders_and_checkpoints_only(tiny_model, tmp_path,
     monkeypatch.setattr(comfy, "model_folders", lambda kind: [tmp_path / kind])
     assert local_models.choices() == ["diffusers/tiny", "checkpoints/sd3/sd3_medium_incl_clips.safetensors",
                                       CUSTOM_PATH]
-    images, _ = DiffusersSD3Img2Img().run("diffusers/tiny", picture(), PROMPT, "", 2, 1, 5.0, 1, 1.0)
+    images, _ = DiffusersSD3Img2Img().run("diffusers/tiny", picture(), prompt=PROMPT, negative_prompt="",
+                                          num_inference_steps=2, seed=1, guidance_scale=5.0, num_images=1,
+                                          strength=1.0)
     assert images.shape == (1, 64, 96, 3)
 
 
