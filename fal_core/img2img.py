@@ -82,7 +82,6 @@ async def img2img(
     result_files: ResultFiles | None = None,
     force_new: bool = False,
     cost: Mapping[str, Any] | None = None,
-    **submit_options: Any,
 ) -> Img2ImgResult:
     """Run one request to ``endpoint``; ``params`` holds every field of it except ``image_url``.
 
@@ -107,7 +106,6 @@ async def img2img(
     preconnect(client, fields, decode=decode)
     encoded = await encode_image(image, image_format)
     fp = fingerprint(app_id, fields, encoded[0] if encoded is not None else str(image))  # None: a URL
-    store = result_files if result_files is not None else journal.results if journal is not None else None
 
     async def make_payload() -> dict:
         if encoded is None:
@@ -117,20 +115,27 @@ async def img2img(
                                    "upload of the input picture", "Nothing was sent to fal. ")
         return {**fields, "image_url": url}
 
-    request = JournaledRequest(client, journal, fp, app_id, deadline=deadline, on_update=on_update,
-                               submit_options=submit_options, cost=cost)
+    # The journal decides: reuse a completed request, reattach to a running one, or send anew.
+    request = JournaledRequest(client, journal, fp, app_id, deadline=deadline, on_update=on_update, cost=cost)
     completion = await request.run(fields, make_payload, force_new=force_new)
     request_id = completion.handle.request_id
     output = endpoint.read_output(completion.output, request_id, max_images=fields.get("num_images") or 1)
     images: list[np.ndarray] = []
     if decode:
         notify(Update(request_id, Phase.DOWNLOADING, elapsed=deadline.elapsed()))
-        kept = "Its result is kept in the journal: a re-run downloads it again without paying. " if journal else ""
-        images = list(await deadline.or_grace(LATE_GRACE).bound(asyncio.gather(*(
-            fetch_image(client.transport, item.url, store=store,
-                        what=f"result image {i + 1} of request {request_id}")
-            for i, item in enumerate(output.images))), f"download of the results of request {request_id}", kept))
+        store = result_files if result_files is not None else journal.results if journal is not None else None
+        images = await _download(client, output, request_id, deadline, store, kept_in_journal=journal is not None)
     return Img2ImgResult(completion.handle, completion.status, output, completion.output, images)
+
+
+async def _download(client: FalClient, output: Img2ImgOutput, request_id: str, deadline: Deadline,
+                    store: ResultFiles | None, *, kept_in_journal: bool) -> list[np.ndarray]:
+    """The result's pictures, decoded, in fal's order: past the deadline, a paid result still gets
+    LATE_GRACE to arrive."""
+    kept = "Its result is kept in the journal: a re-run downloads it again without paying. " if kept_in_journal else ""
+    return list(await deadline.or_grace(LATE_GRACE).bound(asyncio.gather(*(
+        fetch_image(client.transport, item.url, store=store, what=f"result image {i + 1} of request {request_id}")
+        for i, item in enumerate(output.images))), f"download of the results of request {request_id}", kept))
 
 
 def preconnect(client: FalClient, fields: Mapping[str, Any], count: int = 1, *, decode: bool = True) -> None:
@@ -153,6 +158,7 @@ async def img2img_batch(
     **options: Any,
 ) -> list[Img2ImgResult]:
     """Run one request per image, ``concurrency`` at a time; results keep the input order.
+    ``options`` are :func:`img2img`'s keyword arguments, for every item.
 
     Every item is validated before the first is sent. When one item fails, the others are
     cancelled (at fal too) and the first failure is raised.

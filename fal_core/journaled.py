@@ -73,14 +73,13 @@ class JournaledRequest:
 
     def __init__(self, client: FalClient, journal: Journal | None, fp: str, app_id: str, *,
                  deadline: Deadline, on_update: OnUpdate | None = None,
-                 submit_options: Mapping[str, Any] | None = None, cost: Mapping[str, Any] | None = None) -> None:
+                 cost: Mapping[str, Any] | None = None) -> None:
         self.client = client
         self.journal = journal
         self.fp = fp
         self.app_id = app_id
         self.deadline = deadline
         self.on_update = on_update
-        self.submit_options = dict(submit_options or {})
         self.cost = cost
         self.history = client.history
 
@@ -130,8 +129,7 @@ class JournaledRequest:
             self._note("failed", None, f"not sent: {_reason(exc)}")
             raise
         self._notify(None, Phase.SUBMITTING)
-        submit = asyncio.ensure_future(self.client.queue.submit(self.app_id, payload, fingerprint=self.fp,
-                                                                **self.submit_options))
+        submit = asyncio.ensure_future(self.client.queue.submit(self.app_id, payload, fingerprint=self.fp))
         try:
             handle = await asyncio.shield(submit)
         except asyncio.CancelledError:
