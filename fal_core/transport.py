@@ -114,12 +114,7 @@ class Transport:
         while True:
             attempt += 1
             try:
-                own = _OWN_CALL.set(True)
-                try:
-                    response = await self._http.send(request, stream=True)
-                finally:
-                    _OWN_CALL.reset(own)
-                log.debug("fal: %s %s -> HTTP %d", method, _safe_url(url), response.status_code)
+                response = await self._send(request)
                 try:
                     body = await _read(response, max_bytes, what)
                 finally:
@@ -129,9 +124,7 @@ class Transport:
                     await self._wait(policy, attempt, None, what, _describe(exc))
                     continue
                 raise self._transport_error(exc, url, what, attempt, idempotent) from None
-            # The body is decoded already: the rebuilt response must not decode it again.
-            headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
-            response = httpx.Response(response.status_code, headers=headers, content=body, request=request)
+            response = _with_body(response, body)
             if response.is_success:
                 return response
             if attempt < policy.attempts and should_retry_response(response, idempotent=idempotent):
@@ -149,24 +142,26 @@ class Transport:
         """Open a streamed response (no retries: the caller decides how to resume)."""
         request = self._build(method, url, what, kwargs)
         try:
-            # Only the opening is marked as our call: a stream may be read on from other tasks.
-            own = _OWN_CALL.set(True)
-            try:
-                response = await self._http.send(request, stream=True)
-            finally:
-                _OWN_CALL.reset(own)
-            log.debug("fal: %s %s -> HTTP %d (stream)", method, _safe_url(url), response.status_code)
+            response = await self._send(request)
             try:
                 if not response.is_success:
-                    body = await _read_error(response)
-                    kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
-                    raise self.status_error(httpx.Response(response.status_code, headers=kept, content=body,
-                                                           request=request), what)
+                    raise self.status_error(_with_body(response, await _read_error(response)), what)
                 yield response
             finally:
                 await response.aclose()
         except httpx.TransportError as exc:
             raise self._transport_error(exc, url, what, 1, True) from None
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` streamed; only the sending is marked as our call (see ``_OWN_CALL``):
+        a stream may be read on from other tasks."""
+        own = _OWN_CALL.set(True)
+        try:
+            response = await self._http.send(request, stream=True)
+        finally:
+            _OWN_CALL.reset(own)
+        log.debug("fal: %s %s -> HTTP %d", request.method, _safe_url(str(request.url)), response.status_code)
+        return response
 
     @staticmethod
     def _check_url(url: str, what: str) -> None:
@@ -232,6 +227,13 @@ class Transport:
                                    field_errors=fields, **common)
         return HTTPStatusError(redact(
             f"fal answered HTTP {status} {response.reason_phrase} for {what}: {_detail_text(detail)}"), **common)
+
+
+def _with_body(response: httpx.Response, body: bytes) -> httpx.Response:
+    """``response`` as a plain response holding ``body``, which httpx has already decoded: the
+    rebuilt one must not decode it again."""
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
 
 
 async def _read(response: httpx.Response, max_bytes: int | None, what: str) -> bytes:
