@@ -4,6 +4,7 @@ The pack's folder is never put on ``sys.path``: ComfyUI has a top-level module o
 named ``nodes`` that the pack's ``nodes/`` would shadow. Tests import ``comfyui_fal_sd3.*``.
 """
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ _load_pack()
 
 import pytest  # noqa: E402
 
+from comfyui_server import example_picture, running_comfyui  # noqa: E402
 from fal_emulator import FalEmulator  # noqa: E402
 
 
@@ -51,3 +53,13 @@ def fal_env(fal_emulator, monkeypatch, tmp_path):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("FAL_SD3_STATE_DIR", str(tmp_path / "state"))
     return fal_emulator
+
+
+@pytest.fixture(scope="module")
+def comfyui(emulator, tmp_path_factory):
+    """ComfyUI started with the pack linked into custom_nodes and fal pointed at the test module's
+    own ``emulator`` fixture, with a private state folder."""
+    base = tmp_path_factory.mktemp("comfyui")
+    env = {**os.environ, **emulator.env(), "FAL_SD3_STATE_DIR": str(base / "state")}
+    with running_comfyui(base, env) as url:
+        yield {"url": url, "base": base, "picture": example_picture()}

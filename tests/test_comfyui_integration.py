@@ -5,7 +5,6 @@ runs it (its own virtual environment, with torchvision); by default the one runn
 """
 
 import json
-import os
 import time
 
 import httpx
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfyui_server import EXAMPLES, example_picture, queue_prompt, requires_comfyui, running_comfyui, wait_history
+from comfyui_server import EXAMPLES, queue_prompt, requires_comfyui, wait_history
 from fal_emulator import PRESETS, FalEmulator, expected_output
 
 pytestmark = requires_comfyui
@@ -26,15 +25,6 @@ KEY = "integration-id:integration-secret-0123456789"
 def emulator():
     with FalEmulator(key=KEY, job_seconds=0.3) as emu:
         yield emu
-
-
-@pytest.fixture(scope="module")
-def comfyui(emulator, tmp_path_factory):
-    """ComfyUI started with the pack linked into custom_nodes and fal pointed at the emulator."""
-    base = tmp_path_factory.mktemp("comfyui")
-    env = {**os.environ, **emulator.env(), "FAL_SD3_STATE_DIR": str(base / "state")}
-    with running_comfyui(base, env) as url:
-        yield {"url": url, "base": base, "picture": example_picture()}
 
 
 def test_pack_loads_and_lists_its_nodes(comfyui):

@@ -4,13 +4,12 @@ Skipped unless COMFYUI_DIR points at a ComfyUI checkout (see tests/comfyui_serve
 """
 
 import json
-import os
 from urllib.parse import quote
 
 import httpx
 import pytest
 
-from comfyui_server import EXAMPLES, queue_prompt, requires_comfyui, running_comfyui, wait_history
+from comfyui_server import EXAMPLES, queue_prompt, requires_comfyui, wait_history
 from fal_emulator import FalEmulator
 
 pytestmark = requires_comfyui
@@ -30,14 +29,6 @@ def emulator():
     with FalEmulator(key=KEY, job_seconds=0.2) as emu:
         emu.echo_key = True  # every answer echoes the Authorization header, in every form
         yield emu
-
-
-@pytest.fixture(scope="module")
-def comfyui(emulator, tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfyui")
-    env = {**os.environ, **emulator.env(), "FAL_SD3_STATE_DIR": str(base / "state")}
-    with running_comfyui(base, env) as url:
-        yield {"url": url, "base": base}
 
 
 def example(seed: int, **inputs) -> dict:

@@ -16,15 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_fal_sd3.fal_core import FalClient, RetryPolicy, img2img
+from comfyui_fal_sd3.fal_core import img2img
 from comfyui_fal_sd3.fal_core.errors import SubmitUncertainError
 from comfyui_fal_sd3.fal_core.journal import Journal, ResultFiles, fingerprint
 from comfyui_fal_sd3.nodes import comfy
 from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img
+from emulated_client import emulated_client
 from fal_emulator import expected_output
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = RetryPolicy(attempts=3, base=0.01, cap=0.02)
 PARAMS = {"prompt": "a lighthouse", "seed": 5}
 
 
@@ -33,8 +33,7 @@ def picture(seed=0):
 
 
 def client(emu):
-    return FalClient(key=emu.key, queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url,
-                     api_url=emu.api_url, retry=FAST)
+    return emulated_client(emu)
 
 
 def job(emu, book, params=PARAMS, **options):

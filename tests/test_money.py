@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_fal_sd3.fal_core import FalClient, RetryPolicy, img2img, journaled
+from comfyui_fal_sd3.fal_core import img2img, journaled
 from comfyui_fal_sd3.fal_core.errors import (
     JournalError, RequestTimeout, ResultError, ResultGoneError, SubmitUncertainError,
 )
@@ -23,10 +23,10 @@ from comfyui_fal_sd3.fal_core.journal import Journal, fingerprint
 from comfyui_fal_sd3.fal_core.schema import ENDPOINT
 from comfyui_fal_sd3.nodes import comfy
 from comfyui_fal_sd3.nodes.fal_img2img import FalSD3Img2Img
+from emulated_client import emulated_client
 from fal_emulator import expected_output
 from test_fal_nodes import _fake_comfyui
 
-FAST = RetryPolicy(attempts=3, base=0.01, cap=0.02)
 PARAMS = {"prompt": "a lighthouse", "seed": 5}
 RUNS = 3
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +43,7 @@ def picture(seed=0):
 
 
 def client(emu):
-    return FalClient(key=emu.key, queue_url=emu.queue_url, rest_url=emu.rest_url, cdn_url=emu.cdn_url,
-                     api_url=emu.api_url, retry=FAST)
+    return emulated_client(emu)
 
 
 def job(emu, book, params=PARAMS, **options):
@@ -88,9 +87,7 @@ def test_each_fault_costs_one_submit_over_repeated_runs(fal_emulator, tmp_path, 
     for _ in range(RUNS):
         async def go():
             # A 1 s read timeout turns the slow submit into a lost answer.
-            async with FalClient(key=fal_emulator.key, queue_url=fal_emulator.queue_url,
-                                 rest_url=fal_emulator.rest_url, cdn_url=fal_emulator.cdn_url,
-                                 api_url=fal_emulator.api_url, retry=FAST, timeout=timeout or 60.0) as fal:
+            async with emulated_client(fal_emulator, timeout=timeout or 60.0) as fal:
                 return await img2img(fal, picture(), PARAMS, journal=book)
         results.append(asyncio.run(go()))
     assert fal_emulator.accepted() == 1
